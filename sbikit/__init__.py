@@ -1,0 +1,25 @@
+"""sbikit: simulation-based inference with normalizing flows.
+
+The public API::
+
+    import sbikit, simulators
+    sim = simulators.get("two_moons")
+    theta = sim.prior.sample(10_000, seed=0)
+    x = sim.simulate(theta, seed=1)
+    posterior = sbikit.NPE(sim.prior, flow="maf").fit(theta, x, seed=0)
+    samples = posterior.sample(10_000, x=x_o, seed=0)
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sbikit import priors
+from sbikit.inference import NPE, FlowPosterior, load
+from sbikit.priors import BoxUniform, Gaussian, Independent, LogNormal
+
+__version__ = "0.1.0"
+
+__all__ = ["NPE", "FlowPosterior", "load", "priors", "BoxUniform", "Gaussian", "Independent", "LogNormal"]
+
+logging.getLogger("sbikit").addHandler(logging.NullHandler())

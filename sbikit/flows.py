@@ -1,0 +1,300 @@
+"""Conditional normalizing flows built from nflows transforms.
+
+A :class:`ConditionalFlow` models a density ``q(y | c)`` over ``y`` of shape ``(features,)``
+given a context ``c`` of any shape. Both are standardised with statistics taken from the
+training data (stored as buffers, so they travel with ``state_dict``): the flow sees
+``(y - y_shift) / y_scale`` and an embedding of ``(c - c_shift) / c_scale``.
+
+Three families are available through :func:`build_flow`:
+
+* ``"maf"``: masked affine autoregressive transforms (MADE with the context as extra
+  input), with random permutations between layers;
+* ``"realnvp"``: affine coupling layers with alternating masks whose networks take the
+  context;
+* ``"nsf"``: masked autoregressive rational-quadratic splines with linear tails.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from nflows.nn.nets import ResidualNet
+from nflows.transforms import (
+    AffineCouplingTransform,
+    CompositeTransform,
+    MaskedAffineAutoregressiveTransform,
+    MaskedPiecewiseRationalQuadraticAutoregressiveTransform,
+    RandomPermutation,
+    Transform,
+)
+from torch import Tensor, nn
+
+__all__ = ["FlowConfig", "ConditionalFlow", "build_flow", "FLOW_KINDS"]
+
+FlowKind = Literal["maf", "realnvp", "nsf"]
+FLOW_KINDS: tuple[str, ...] = ("maf", "realnvp", "nsf")
+_LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass
+class FlowConfig:
+    """Everything needed to rebuild a flow's architecture (JSON-able).
+
+    Attributes:
+        kind: ``"maf"``, ``"realnvp"`` or ``"nsf"``.
+        features: dimension of ``y``.
+        context_features: dimension of the (embedded) context fed to the transforms.
+        hidden_features: width of the conditioner networks.
+        num_transforms: number of flow layers.
+        num_blocks: hidden layers (or residual blocks) per conditioner.
+        num_bins: spline bins (``nsf`` only).
+        tail_bound: splines act on ``[-tail_bound, tail_bound]``, linear outside (``nsf`` only).
+    """
+
+    kind: str = "maf"
+    features: int = 2
+    context_features: int = 2
+    hidden_features: int = 64
+    num_transforms: int = 5
+    num_blocks: int = 2
+    num_bins: int = 8
+    tail_bound: float = 5.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _build_transform(cfg: FlowConfig) -> Transform:
+    if cfg.kind not in FLOW_KINDS:
+        raise ValueError(f"flow must be one of {FLOW_KINDS}, got {cfg.kind!r}")
+    if cfg.kind == "realnvp" and cfg.features < 2:
+        raise ValueError("flow='realnvp' needs at least 2 parameters (coupling splits them); use 'maf' or 'nsf'")
+    layers: list[Transform] = []
+    for i in range(cfg.num_transforms):
+        if cfg.kind == "maf":
+            layers.append(
+                MaskedAffineAutoregressiveTransform(
+                    features=cfg.features,
+                    hidden_features=cfg.hidden_features,
+                    context_features=cfg.context_features,
+                    num_blocks=cfg.num_blocks,
+                    use_residual_blocks=False,
+                    activation=torch.tanh,
+                )
+            )
+            if cfg.features > 1:
+                layers.append(RandomPermutation(cfg.features))
+        elif cfg.kind == "nsf":
+            layers.append(
+                MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
+                    features=cfg.features,
+                    hidden_features=cfg.hidden_features,
+                    context_features=cfg.context_features,
+                    num_bins=cfg.num_bins,
+                    tails="linear",
+                    tail_bound=cfg.tail_bound,
+                    num_blocks=cfg.num_blocks,
+                    use_residual_blocks=False,
+                    activation=torch.relu,
+                )
+            )
+            if cfg.features > 1:
+                layers.append(RandomPermutation(cfg.features))
+        else:  # realnvp
+            mask = torch.zeros(cfg.features, dtype=torch.long)
+            mask[i % 2 :: 2] = 1
+            layers.append(
+                SoftplusAffineCoupling(
+                    mask=mask,
+                    transform_net_create_fn=lambda n_in, n_out: ResidualNet(
+                        in_features=n_in,
+                        out_features=n_out,
+                        hidden_features=cfg.hidden_features,
+                        context_features=cfg.context_features,
+                        num_blocks=cfg.num_blocks,
+                        activation=torch.relu,
+                    ),
+                )
+            )
+    return CompositeTransform(layers)
+
+
+class SoftplusAffineCoupling(AffineCouplingTransform):
+    """Affine coupling whose scale is ``softplus(s + log(e - 1)) + 1e-3``.
+
+    nflows' ``AffineCouplingTransform`` uses ``sigmoid(s + 2) + 1e-3``, a scale below 1.001
+    that can only contract in the data-to-noise direction; a posterior much narrower than
+    its standardised prior then cannot be fitted. The softplus scale is unbounded above
+    and equals 1 at ``s = 0``, so layers start near the identity.
+    """
+
+    _OFFSET = math.log(math.e - 1.0)
+
+    def _scale_and_shift(self, transform_params: Tensor) -> tuple[Tensor, Tensor]:
+        unconstrained_scale = transform_params[:, self.num_transform_features :, ...]
+        shift = transform_params[:, : self.num_transform_features, ...]
+        scale = nn.functional.softplus(unconstrained_scale + self._OFFSET) + 1e-3
+        return scale, shift
+
+
+class ConditionalFlow(nn.Module):
+    """Conditional density ``q(y | c)`` with built-in standardisation.
+
+    Args:
+        config: architecture.
+        context_shape: shape of one raw context (before embedding), e.g. ``(8,)`` or ``(1, 32, 32)``.
+        embedding: optional network mapping standardised contexts ``(n, *context_shape)``
+            to ``(n, config.context_features)``; ``None`` flattens the context.
+    """
+
+    def __init__(
+        self,
+        config: FlowConfig,
+        context_shape: tuple[int, ...],
+        embedding: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.context_shape = tuple(int(s) for s in context_shape)
+        self.embedding = embedding if embedding is not None else nn.Flatten()
+        self.transform = _build_transform(config)
+        self.register_buffer("y_shift", torch.zeros(config.features))
+        self.register_buffer("y_scale", torch.ones(config.features))
+        self.register_buffer("c_shift", torch.zeros(self.context_shape))
+        self.register_buffer("c_scale", torch.ones(self.context_shape))
+
+    # -- standardisation ------------------------------------------------------------
+    @torch.no_grad()
+    def set_standardization(self, y: Tensor, context: Tensor, *, min_scale: float = 1e-8) -> None:
+        """Set z-scoring statistics from training data.
+
+        ``y`` ``(n, features)`` is z-scored per feature. A vector context ``(n, k)`` is
+        z-scored per entry; a multi-dimensional context (e.g. images) by one global mean
+        and standard deviation so that spatial structure is kept. Constant entries get
+        scale 1.
+        """
+        self.y_shift.copy_(y.mean(0))
+        self.y_scale.copy_(_safe_std(y, 0, min_scale))
+        if context.ndim == 2:
+            self.c_shift.copy_(context.mean(0))
+            self.c_scale.copy_(_safe_std(context, 0, min_scale))
+        else:
+            self.c_shift.fill_(float(context.mean()))
+            self.c_scale.fill_(float(_safe_std(context.reshape(-1), 0, min_scale)))
+
+    def embed(self, context: Tensor) -> Tensor:
+        """Standardise and embed contexts ``(n, *context_shape)`` -> ``(n, context_features)``."""
+        return self.embedding((context - self.c_shift) / self.c_scale)
+
+    # -- density ---------------------------------------------------------------------
+    def log_prob(self, y: Tensor, context: Tensor) -> Tensor:
+        """``log q(y | c)`` for paired rows.
+
+        Args:
+            y: ``(n, features)``.
+            context: ``(n, *context_shape)``.
+
+        Returns:
+            ``(n,)``.
+        """
+        return self.log_prob_embedded(y, self.embed(context))
+
+    def log_prob_embedded(self, y: Tensor, embedded: Tensor) -> Tensor:
+        """As :meth:`log_prob` with an already embedded context ``(n, context_features)``."""
+        z, logdet = self.transform((y - self.y_shift) / self.y_scale, context=embedded)
+        base = -0.5 * (z**2).sum(-1) - 0.5 * self.config.features * _LOG_2PI
+        return base + logdet - torch.log(self.y_scale).sum()
+
+    def forward(self, y: Tensor, context: Tensor) -> Tensor:
+        """Alias of :meth:`log_prob` so that the module can be called directly."""
+        return self.log_prob(y, context)
+
+    # -- sampling --------------------------------------------------------------------
+    def sample_embedded(self, num_samples: int, embedded: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``num_samples`` for each embedded context.
+
+        Args:
+            num_samples: draws per context.
+            embedded: ``(m, context_features)``.
+            generator: torch generator on the flow's device.
+
+        Returns:
+            ``(m, num_samples, features)``.
+        """
+        m = embedded.shape[0]
+        noise = torch.randn(
+            m * num_samples, self.config.features, generator=generator, device=embedded.device, dtype=embedded.dtype
+        )
+        ctx = embedded.repeat_interleave(num_samples, dim=0)
+        y, _ = self.transform.inverse(noise, context=ctx)
+        y = y * self.y_scale + self.y_shift
+        return y.reshape(m, num_samples, self.config.features)
+
+    def sample(self, num_samples: int, context: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``num_samples`` for each context ``(m, *context_shape)`` -> ``(m, num_samples, features)``."""
+        return self.sample_embedded(num_samples, self.embed(context), generator)
+
+
+def _safe_std(t: Tensor, dim: int, min_scale: float) -> Tensor:
+    std = t.std(dim) if t.shape[dim] > 1 else torch.ones_like(t.mean(dim))
+    return torch.where(std > min_scale, std, torch.ones_like(std))
+
+
+def build_flow(
+    kind: str,
+    features: int,
+    context_shape: tuple[int, ...],
+    *,
+    embedding: nn.Module | None = None,
+    context_features: int | None = None,
+    hidden_features: int = 64,
+    num_transforms: int = 5,
+    num_blocks: int = 2,
+    num_bins: int = 8,
+    tail_bound: float = 5.0,
+) -> ConditionalFlow:
+    """Build a :class:`ConditionalFlow`.
+
+    Args:
+        kind: ``"maf"``, ``"realnvp"`` or ``"nsf"``.
+        features: dimension of ``y``.
+        context_shape: shape of one raw context.
+        embedding: optional context embedding; then ``context_features`` is its output
+            width (inferred by a dry run when not given).
+        context_features: width of the embedded context.
+        hidden_features: conditioner width.
+        num_transforms: number of layers.
+        num_blocks: layers per conditioner.
+        num_bins: spline bins for ``nsf``.
+        tail_bound: spline interval half-width (in standardised units) for ``nsf``.
+
+    Returns:
+        The flow, with identity standardisation until :meth:`ConditionalFlow.set_standardization`.
+    """
+    kind = kind.lower()
+    if features < 1:
+        raise ValueError(f"features must be >= 1, got {features}")
+    if context_features is None:
+        if embedding is None:
+            context_features = int(math.prod(context_shape))
+        else:
+            with torch.no_grad():
+                was_training = embedding.training
+                embedding.eval()
+                probe = torch.zeros(2, *context_shape, device=next(iter(embedding.parameters()), torch.zeros(0)).device)
+                context_features = int(embedding(probe).shape[-1])
+                embedding.train(was_training)
+    cfg = FlowConfig(
+        kind=kind,
+        features=int(features),
+        context_features=int(context_features),
+        hidden_features=int(hidden_features),
+        num_transforms=int(num_transforms),
+        num_blocks=int(num_blocks),
+        num_bins=int(num_bins),
+        tail_bound=float(tail_bound),
+    )
+    return ConditionalFlow(cfg, tuple(context_shape), embedding)

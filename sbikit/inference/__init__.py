@@ -1,0 +1,6 @@
+"""Estimators (NPE) and the posteriors they return."""
+
+from sbikit.inference.npe import NPE, npe_loss
+from sbikit.inference.posterior import FlowPosterior, load
+
+__all__ = ["NPE", "npe_loss", "FlowPosterior", "load"]

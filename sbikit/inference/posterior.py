@@ -1,0 +1,280 @@
+"""Amortized posteriors: sampling, densities, MAP, saving and loading.
+
+A :class:`FlowPosterior` wraps a :class:`~sbikit.flows.ConditionalFlow` trained on
+``u = prior.to_unconstrained(theta)`` given ``x``. Samples are mapped back with
+``prior.from_unconstrained``, so they never leave the prior support, and densities
+include the change-of-variables term, so ``log_prob`` is a normalised density on the
+support (no leakage correction needed).
+
+Files are a ``torch.save`` dict of a state dict and JSON strings; :func:`load` reads
+them with ``weights_only=True``, so loading never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sbikit.flows import ConditionalFlow, FlowConfig
+from sbikit.priors import Prior, make_generator, prior_from_config
+from sbikit.utils import as_float_tensor, check_x_shape, resolve_device
+
+__all__ = ["FlowPosterior", "load", "FORMAT"]
+
+FORMAT = "sbikit-posterior"
+FORMAT_VERSION = 1
+
+
+class FlowPosterior:
+    """Posterior ``p(theta | x)`` given by a conditional flow in unconstrained space.
+
+    Args:
+        flow: trained flow over ``u`` (``(d,)``) given ``x`` (``x_shape``).
+        prior: the prior used in training; defines the support and the bijection.
+        x_shape: shape of one observation.
+        info: JSON-able training record (losses, epochs, times).
+        theta_names: optional parameter names.
+    """
+
+    def __init__(
+        self,
+        flow: ConditionalFlow,
+        prior: Prior,
+        x_shape: tuple[int, ...],
+        *,
+        info: dict[str, Any] | None = None,
+        theta_names: list[str] | None = None,
+    ) -> None:
+        self.flow = flow.eval()
+        self.prior = prior
+        self.x_shape = tuple(int(s) for s in x_shape)
+        self.info = dict(info or {})
+        self.theta_names = list(theta_names) if theta_names else [f"theta_{i}" for i in range(prior.dim)]
+
+    @property
+    def dim(self) -> int:
+        """Number of parameters ``d``."""
+        return self.prior.dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.flow.y_shift.device
+
+    def to(self, device: str | torch.device) -> FlowPosterior:
+        """Move the flow to ``device`` (in place) and return self."""
+        self.flow.to(resolve_device(device))
+        return self
+
+    # -- helpers ---------------------------------------------------------------------
+    def _x(self, x: Any) -> tuple[Tensor, bool]:
+        if x is None:
+            raise ValueError(f"x is required: pass an observation of shape {self.x_shape}")
+        xt = as_float_tensor(x, "x")
+        batched = check_x_shape(xt, self.x_shape)
+        if not bool(torch.isfinite(xt).all()):
+            raise ValueError("x holds NaN or inf; observations must be finite")
+        return (xt if batched else xt[None]).to(self.device), batched
+
+    # -- sampling -------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, x: Any, seed: int | None = None, *, chunk_size: int = 2**16) -> Tensor:
+        """Draw posterior samples.
+
+        Args:
+            n: samples per observation.
+            x: one observation ``x_shape`` or a batch ``(m, *x_shape)``.
+            seed: seed for repeatable draws.
+            chunk_size: rows pushed through the flow at once (memory bound).
+
+        Returns:
+            ``(n, d)`` for one observation, ``(m, n, d)`` for a batch; CPU float32,
+            always strictly inside the prior support.
+        """
+        n = int(n)
+        if n < 0:
+            raise ValueError(f"n must be non-negative, got {n}")
+        xt, batched = self._x(x)
+        gen = make_generator(seed, self.device)
+        embedded = self.flow.embed(xt)
+        out = torch.empty(len(xt), n, self.dim)
+        per = max(1, chunk_size // max(n, 1))
+        for i in range(0, len(xt), per):
+            emb = embedded[i : i + per]
+            for j in range(0, n, chunk_size):
+                k = min(chunk_size, n - j)
+                u = self.flow.sample_embedded(k, emb, generator=gen)
+                out[i : i + per, j : j + k] = self.prior.from_unconstrained(u).cpu()
+        return out if batched else out[0]
+
+    # -- density ------------------------------------------------------------------------
+    def log_prob(self, theta: Any, x: Any) -> Tensor:
+        """Posterior log density ``log p(theta | x)`` (normalised on the prior support).
+
+        Args:
+            theta: ``(n, d)`` or ``(d,)``.
+            x: one observation ``x_shape`` (shared by all rows) or ``(n, *x_shape)`` (paired).
+
+        Returns:
+            ``(n,)`` (a 0-d tensor for a single ``theta``); ``-inf`` outside the support.
+        """
+        with torch.no_grad():
+            return self._log_prob(theta, x).cpu()
+
+    def _log_prob(self, theta: Any, x: Any) -> Tensor:
+        th = as_float_tensor(theta, "theta") if not isinstance(theta, Tensor) else theta.float()
+        single = th.ndim == 1
+        th = th.reshape(1, -1) if single else th
+        if th.ndim != 2 or th.shape[-1] != self.dim:
+            raise ValueError(f"theta must have shape (n, {self.dim}) or ({self.dim},), got {tuple(th.shape)}")
+        th = th.to(self.device)
+        xt, batched = self._x(x)
+        if batched and len(xt) != len(th):
+            raise ValueError(f"x has {len(xt)} rows but theta has {len(th)}; pass one x or one per theta")
+        inside = self.prior.in_support(th)
+        safe = torch.where(inside[:, None], th, self.prior.from_unconstrained(torch.zeros_like(th)))
+        u = self.prior.to_unconstrained(safe)
+        emb = self.flow.embed(xt)
+        if not batched:
+            emb = emb.expand(len(th), -1)
+        lp = self.flow.log_prob_embedded(u, emb) - self.prior.log_abs_det_jacobian(u)
+        lp = torch.where(inside, lp, torch.full_like(lp, -math.inf))
+        return lp[0] if single else lp
+
+    # -- point estimate ---------------------------------------------------------------
+    def map(self, x: Any, *, num_init: int = 1000, num_steps: int = 200, seed: int | None = 0) -> Tensor:
+        """Maximum a posteriori estimate for one observation.
+
+        Starts from the best of ``num_init`` posterior samples and refines the ten best
+        by Adam on the unconstrained parameters.
+
+        Returns:
+            ``(d,)``.
+        """
+        xt, batched = self._x(x)
+        if batched:
+            return torch.stack([self.map(xi, num_init=num_init, num_steps=num_steps, seed=seed) for xi in xt.cpu()])
+        start = self.sample(num_init, x=xt[0].cpu(), seed=seed)
+        lp = self.log_prob(start, x=xt[0].cpu())
+        top = start[torch.topk(lp, min(10, len(lp))).indices].to(self.device)
+        u = self.prior.to_unconstrained(top).detach().requires_grad_(True)
+        opt = torch.optim.Adam([u], lr=0.01)
+        emb = self.flow.embed(xt).detach()
+        for p in self.flow.parameters():
+            p.requires_grad_(False)
+        try:
+            for _ in range(num_steps):
+                opt.zero_grad()
+                lpu = self.flow.log_prob_embedded(u, emb.expand(len(u), -1)) - self.prior.log_abs_det_jacobian(u)
+                (-lpu.sum()).backward()
+                opt.step()
+        finally:
+            for p in self.flow.parameters():
+                p.requires_grad_(True)
+        with torch.no_grad():
+            theta = self.prior.from_unconstrained(u)
+            final = self._log_prob(theta, xt[0])
+        return theta[torch.argmax(final)].detach().cpu()
+
+    # -- persistence --------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """JSON-able description from which :func:`load` rebuilds the posterior."""
+        return {
+            "kind": "flow_posterior",
+            "prior": self.prior.to_config(),
+            "flow": self.flow.config.to_dict(),
+            "x_shape": list(self.x_shape),
+            "embedding": _embedding_config(self.flow.embedding),
+            "theta_names": self.theta_names,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the posterior to ``path`` (atomically: a temporary file, then a rename)."""
+        path = Path(path)
+        payload = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "config": json.dumps(self.config()),
+            "info": json.dumps(self.info),
+            "state_dict": {k: v.detach().cpu() for k, v in self.flow.state_dict().items()},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(payload, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    def __repr__(self) -> str:
+        return (
+            f"FlowPosterior(flow={self.flow.config.kind}, d={self.dim}, x_shape={self.x_shape}, "
+            f"prior={self.prior!r}, device={self.device})"
+        )
+
+
+def _embedding_config(embedding: nn.Module) -> dict[str, Any] | None:
+    if isinstance(embedding, nn.Flatten):
+        return None
+    get_config = getattr(embedding, "get_config", None)
+    if get_config is None:
+        raise ValueError(
+            f"cannot save a posterior whose embedding {type(embedding).__name__} has no get_config(); "
+            "add a get_config() method returning the constructor's keyword arguments so that the "
+            "embedding can be rebuilt from its import path"
+        )
+    cls = type(embedding)
+    return {"class": f"{cls.__module__}:{cls.__qualname__}", "kwargs": get_config()}
+
+
+def _build_embedding(cfg: dict[str, Any] | None) -> nn.Module | None:
+    if cfg is None:
+        return None
+    module_name, _, qualname = cfg["class"].partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise ValueError(f"embedding class {cfg['class']} in the file is not an nn.Module")
+    return obj(**cfg["kwargs"])
+
+
+def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> FlowPosterior:
+    """Load a posterior written by :meth:`FlowPosterior.save`.
+
+    Args:
+        path: the file.
+        device: where to put the flow (``"cpu"``, ``"cuda"`` or ``"auto"``); a posterior
+            trained on a GPU loads on a CPU.
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the file is not an sbikit posterior.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no posterior file at {path}")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an sbikit posterior file")
+    if int(payload.get("version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{path} was written by a newer sbikit (format version {payload['version']})")
+    cfg = json.loads(payload["config"])
+    prior = prior_from_config(cfg["prior"])
+    flow_cfg = FlowConfig(**cfg["flow"])
+    flow = ConditionalFlow(flow_cfg, tuple(cfg["x_shape"]), _build_embedding(cfg.get("embedding")))
+    flow.load_state_dict(payload["state_dict"])
+    post = FlowPosterior(
+        flow, prior, tuple(cfg["x_shape"]), info=json.loads(payload["info"]), theta_names=cfg.get("theta_names")
+    )
+    return post.to(device)

@@ -1,0 +1,89 @@
+"""Small shared helpers: devices, tensor conversion, input validation."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["resolve_device", "as_float_tensor", "drop_nonfinite_rows", "check_x_shape"]
+
+logger = logging.getLogger("sbikit")
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """Turn ``"auto"``/``None``/``"cpu"``/``"cuda"``/``"cuda:1"`` into a ``torch.device``.
+
+    ``"auto"`` (and ``None``) pick CUDA when it is available, the CPU otherwise.
+    Asking for CUDA on a machine without it raises a ``ValueError`` saying so.
+    """
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was asked for but CUDA is not available; use 'cpu' or 'auto'")
+    return dev
+
+
+def as_float_tensor(value: Any, name: str, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Convert a numpy array, list or tensor to a CPU float tensor, naming ``name`` on failure."""
+    if isinstance(value, Tensor):
+        return value.detach().to(device="cpu", dtype=dtype)
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a numpy array or torch tensor of numbers, got {type(value).__name__}") from err
+    return torch.as_tensor(arr, dtype=dtype)
+
+
+def drop_nonfinite_rows(theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Remove pairs whose ``x`` holds NaN or inf, warning with the count.
+
+    Args:
+        theta: ``(n, d)``; must itself be finite.
+        x: ``(n, *x_shape)``.
+
+    Returns:
+        ``(theta, x)`` restricted to rows where ``x`` is finite.
+
+    Raises:
+        ValueError: if ``theta`` holds NaN/inf, or no finite row of ``x`` is left.
+    """
+    if not bool(torch.isfinite(theta).all()):
+        bad = (~torch.isfinite(theta).reshape(len(theta), -1).all(1)).sum().item()
+        raise ValueError(f"theta has {bad} row(s) with NaN or inf; parameters must be finite")
+    ok = torch.isfinite(x.reshape(len(x), -1)).all(1)
+    n_bad = int((~ok).sum())
+    if n_bad == len(x):
+        raise ValueError(
+            f"all {len(x)} simulations in x contain NaN or inf; nothing is left to train on. "
+            "Check the simulator for failures at these parameters."
+        )
+    if n_bad:
+        warnings.warn(f"dropped {n_bad} of {len(x)} simulations whose x holds NaN or inf", stacklevel=3)
+        theta, x = theta[ok], x[ok]
+    return theta, x
+
+
+def check_x_shape(x: Tensor, x_shape: tuple[int, ...], name: str = "x") -> bool:
+    """Check ``x`` is one observation ``x_shape`` or a batch ``(m, *x_shape)``.
+
+    Returns:
+        True when ``x`` is a batch, False when it is a single observation.
+
+    Raises:
+        ValueError: naming the expected shape.
+    """
+    shape = tuple(x.shape)
+    if shape == tuple(x_shape):
+        return False
+    if len(shape) == len(x_shape) + 1 and shape[1:] == tuple(x_shape):
+        return True
+    raise ValueError(
+        f"{name} must have shape {tuple(x_shape)} (one observation) or (m, {', '.join(map(str, x_shape))}) "
+        f"(a batch), got {shape}"
+    )
