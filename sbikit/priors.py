@@ -244,6 +244,8 @@ class Gaussian(Prior):
             c = torch.diag(c)
         if c.shape != (self.dim, self.dim):
             raise ValueError(f"cov must have shape ({self.dim}, {self.dim}), got {tuple(c.shape)}")
+        if not bool(torch.isfinite(c).all()):
+            raise ValueError("cov must be finite")
         if not torch.allclose(c, c.T, atol=1e-10 * float(c.abs().max())):
             raise ValueError("cov must be symmetric")
         try:
@@ -251,6 +253,7 @@ class Gaussian(Prior):
         except RuntimeError as err:
             raise ValueError("cov must be positive definite") from err
         self.cov = c.to(_DTYPE)
+        self._cov64 = c
         self._chol64 = chol
         self._chol = chol.to(_DTYPE)
         self._prec64 = torch.cholesky_inverse(chol)
@@ -277,7 +280,7 @@ class Gaussian(Prior):
         return torch.sqrt(torch.diagonal(self.cov))
 
     def to_config(self) -> dict[str, Any]:
-        return {"type": "Gaussian", "mean": self.mean.tolist(), "cov": self.cov.double().tolist()}
+        return {"type": "Gaussian", "mean": self.mean.tolist(), "cov": self._cov64.tolist()}
 
 
 class LogNormal(Prior):
@@ -357,21 +360,21 @@ class Independent(Prior):
 
     def log_prob(self, theta: Tensor) -> Tensor:
         theta = self._check(theta)
-        return sum(p.log_prob(t) for p, t in zip(self.priors, self._split(theta)))  # type: ignore[return-value]
+        return sum(p.log_prob(t) for p, t in zip(self.priors, self._split(theta), strict=True))  # type: ignore[return-value]
 
     def in_support(self, theta: Tensor) -> Tensor:
         theta = self._check(theta)
-        masks = [p.in_support(t) for p, t in zip(self.priors, self._split(theta))]
+        masks = [p.in_support(t) for p, t in zip(self.priors, self._split(theta), strict=True)]
         return torch.stack(masks, 0).all(0)
 
     def to_unconstrained(self, theta: Tensor) -> Tensor:
-        return torch.cat([p.to_unconstrained(t) for p, t in zip(self.priors, self._split(theta))], -1)
+        return torch.cat([p.to_unconstrained(t) for p, t in zip(self.priors, self._split(theta), strict=True)], -1)
 
     def from_unconstrained(self, u: Tensor) -> Tensor:
-        return torch.cat([p.from_unconstrained(t) for p, t in zip(self.priors, self._split(u))], -1)
+        return torch.cat([p.from_unconstrained(t) for p, t in zip(self.priors, self._split(u), strict=True)], -1)
 
     def log_abs_det_jacobian(self, u: Tensor) -> Tensor:
-        return sum(p.log_abs_det_jacobian(t) for p, t in zip(self.priors, self._split(u)))  # type: ignore[return-value]
+        return sum(p.log_abs_det_jacobian(t) for p, t in zip(self.priors, self._split(u), strict=True))  # type: ignore[return-value]
 
     @property
     def mean(self) -> Tensor:
@@ -396,7 +399,8 @@ class TorchPrior(Prior):
 
     def __init__(self, dist: Any) -> None:
         self.dist = dist
-        probe = dist.sample((1,))
+        with torch.random.fork_rng(devices=[]):
+            probe = dist.sample((1,))
         self.dim = 1 if probe.ndim == 1 else int(probe.shape[-1])
         self._scalar = probe.ndim == 1
         low, high = -math.inf, math.inf
@@ -479,9 +483,11 @@ def as_prior(obj: Any) -> Prior:
         return BoxUniform(base.low.reshape(-1), base.high.reshape(-1))
     if isinstance(base, D.MultivariateNormal):
         return Gaussian(base.loc.reshape(-1), base.covariance_matrix)
-    if isinstance(base, D.Normal) and (reinterpreted > 0 or base.loc.numel() == 1):
+    # A Normal/LogNormal with a batch shape is read as independent coordinates (as with
+    # torch's Independent wrapper), the usual intent when it is passed as a prior.
+    if isinstance(base, D.Normal):
         return Gaussian(base.loc.reshape(-1), base.scale.reshape(-1) ** 2)
-    if isinstance(base, D.LogNormal) and (reinterpreted > 0 or base.loc.numel() == 1):
+    if isinstance(base, D.LogNormal):
         return LogNormal(base.loc.reshape(-1), base.scale.reshape(-1))
     if hasattr(obj, "sample") and hasattr(obj, "log_prob"):
         return TorchPrior(obj)

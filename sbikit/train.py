@@ -84,6 +84,7 @@ def fit(
     max_epochs: int = 1000,
     validation_fraction: float = 0.1,
     patience: int = 20,
+    min_delta: float = 1e-3,
     lr_patience: int | None = None,
     lr_factor: float = 0.5,
     min_learning_rate: float = 1e-5,
@@ -106,6 +107,9 @@ def fit(
         max_epochs: hard cap on epochs.
         validation_fraction: share of rows held out for early stopping, in (0, 1).
         patience: epochs without a better validation loss before stopping.
+        min_delta: an epoch counts as better only when it lowers the best validation loss
+            by more than this (in loss units, nats for flows); this stops the long tail of
+            negligible gains at a tiny learning rate.
         lr_patience: epochs without improvement before the learning rate is multiplied
             by ``lr_factor``; ``None`` means ``max(2, patience // 3)``.
         lr_factor: learning-rate decay factor on plateaus.
@@ -182,10 +186,16 @@ def fit(
         if not math.isfinite(train_loss):
             logger.warning("training loss became %s at epoch %d; keeping the best weights so far", train_loss, epoch)
             break
-        if val_loss < best:
+        if val_loss < best - min_delta:
             best, result.best_epoch = val_loss, epoch
             best_state = copy.deepcopy(model.state_dict())
             since_best = since_lr = 0
+        elif val_loss < best:
+            # A gain below min_delta still yields the best weights, but not more patience.
+            best, result.best_epoch = val_loss, epoch
+            best_state = copy.deepcopy(model.state_dict())
+            since_best += 1
+            since_lr += 1
         else:
             since_best += 1
             since_lr += 1
