@@ -23,3 +23,12 @@ __version__ = "0.1.0"
 __all__ = ["NPE", "FlowPosterior", "load", "priors", "BoxUniform", "Gaussian", "Independent", "LogNormal"]
 
 logging.getLogger("sbikit").addHandler(logging.NullHandler())
+
+
+def __getattr__(name: str) -> object:
+    # Heavier submodules (matplotlib, scikit-learn) load on first use: sbikit.plots, sbikit.diagnostics.
+    if name in {"plots", "diagnostics", "cli", "config", "flows", "train", "utils"}:
+        import importlib
+
+        return importlib.import_module(f"sbikit.{name}")
+    raise AttributeError(f"module 'sbikit' has no attribute {name!r}")

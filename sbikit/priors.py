@@ -171,6 +171,8 @@ class BoxUniform(Prior):
     """
 
     def __init__(self, low: Any, high: Any) -> None:
+        self._low64 = _as_tensor(low, torch.float64).reshape(-1)
+        self._high64 = _as_tensor(high, torch.float64).reshape(-1)
         self.low = _vector(low, "low")
         self.high = _vector(high, "high")
         if self.low.shape != self.high.shape:
@@ -181,7 +183,7 @@ class BoxUniform(Prior):
         if not bool((self.high > self.low).all()):
             raise ValueError(f"need low < high everywhere, got low={self.low.tolist()}, high={self.high.tolist()}")
         self.dim = self.low.numel()
-        self._log_volume = float(torch.log(self.high.double() - self.low.double()).sum())
+        self._log_volume = float(torch.log(self._high64 - self._low64).sum())
 
     def _sample(self, n: int, gen: torch.Generator) -> Tensor:
         u = torch.rand(n, self.dim, generator=gen, dtype=_DTYPE)
@@ -221,7 +223,7 @@ class BoxUniform(Prior):
         return (self.high - self.low) / math.sqrt(12.0)
 
     def to_config(self) -> dict[str, Any]:
-        return {"type": "BoxUniform", "low": self.low.tolist(), "high": self.high.tolist()}
+        return {"type": "BoxUniform", "low": self._low64.tolist(), "high": self._high64.tolist()}
 
 
 class Gaussian(Prior):
@@ -318,7 +320,8 @@ class LogNormal(Prior):
         return torch.log(theta)
 
     def from_unconstrained(self, u: Tensor) -> Tensor:
-        return torch.exp(u).clamp_min(torch.finfo(u.dtype).tiny)
+        fi = torch.finfo(u.dtype)
+        return torch.exp(u).clamp(fi.tiny, fi.max)
 
     def log_abs_det_jacobian(self, u: Tensor) -> Tensor:
         return u.sum(-1)

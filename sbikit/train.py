@@ -91,6 +91,7 @@ def fit(
     clip_norm: float | None = 5.0,
     weight_decay: float = 0.0,
     device: torch.device | str = "cpu",
+    num_threads: int | None = None,
     progress: bool = True,
     description: str = "training",
 ) -> FitResult:
@@ -117,6 +118,11 @@ def fit(
         clip_norm: gradient norm clipping threshold (``None`` turns it off).
         weight_decay: AdamW weight decay.
         device: where to train.
+        num_threads: CPU threads torch may use while training (restored afterwards).
+            ``None`` picks 1 for models under a million parameters: such small steps
+            gain nothing from a second thread on a quiet machine and run many times
+            slower when the cores are shared (thread oversubscription); larger models
+            keep torch's setting.
         progress: show a tqdm progress bar.
         description: label of the progress bar.
 
@@ -134,11 +140,69 @@ def fit(
     n_val = max(1, int(round(n * validation_fraction)))
     n_train = n - n_val
     if n_train < 1:
-        raise ValueError(f"need at least 2 training pairs after the validation split, got n={n}")
+        raise ValueError(
+            f"no training rows are left: n={n} rows with validation_fraction={validation_fraction} "
+            f"puts {n_val} in validation; simulate more or lower validation_fraction"
+        )
     if patience < 1 or max_epochs < 1:
         raise ValueError("patience and max_epochs must be >= 1")
 
     device = torch.device(device)
+    if num_threads is None and device.type == "cpu":
+        num_threads = 1 if sum(p.numel() for p in model.parameters()) < 1_000_000 else None
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(int(num_threads))
+    try:
+        return _fit(
+            model,
+            loss_fn,
+            data,
+            n=n,
+            n_val=n_val,
+            n_train=n_train,
+            seed=seed,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            max_epochs=max_epochs,
+            patience=patience,
+            min_delta=min_delta,
+            lr_patience=lr_patience,
+            lr_factor=lr_factor,
+            min_learning_rate=min_learning_rate,
+            clip_norm=clip_norm,
+            weight_decay=weight_decay,
+            device=device,
+            progress=progress,
+            description=description,
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Sequence[Tensor],
+    *,
+    n: int,
+    n_val: int,
+    n_train: int,
+    seed: int | None,
+    batch_size: int | None,
+    learning_rate: float,
+    max_epochs: int,
+    patience: int,
+    min_delta: float,
+    lr_patience: int | None,
+    lr_factor: float,
+    min_learning_rate: float,
+    clip_norm: float | None,
+    weight_decay: float,
+    device: torch.device,
+    progress: bool,
+    description: str,
+) -> FitResult:
     gen = make_generator(seed)
     perm = torch.randperm(n, generator=gen)
     data = [t.to(device) for t in data]

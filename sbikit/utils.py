@@ -40,12 +40,14 @@ def as_float_tensor(value: Any, name: str, dtype: torch.dtype = torch.float32) -
     return torch.as_tensor(arr, dtype=dtype)
 
 
-def drop_nonfinite_rows(theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+def drop_nonfinite_rows(theta: Tensor, x: Tensor, *, stacklevel: int = 2) -> tuple[Tensor, Tensor]:
     """Remove pairs whose ``x`` holds NaN or inf, warning with the count.
 
     Args:
         theta: ``(n, d)``; must itself be finite.
         x: ``(n, *x_shape)``.
+        stacklevel: passed to ``warnings.warn`` (2 points at this function's caller) so the
+            warning points at the user's call.
 
     Returns:
         ``(theta, x)`` restricted to rows where ``x`` is finite.
@@ -64,7 +66,7 @@ def drop_nonfinite_rows(theta: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
             "Check the simulator for failures at these parameters."
         )
     if n_bad:
-        warnings.warn(f"dropped {n_bad} of {len(x)} simulations whose x holds NaN or inf", stacklevel=3)
+        warnings.warn(f"dropped {n_bad} of {len(x)} simulations whose x holds NaN or inf", stacklevel=stacklevel)
         theta, x = theta[ok], x[ok]
     return theta, x
 

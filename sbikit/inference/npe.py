@@ -8,6 +8,7 @@ outside the prior support and samples never need rejection.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from typing import Any
@@ -89,7 +90,7 @@ class NPE:
             xt = xt[:, None]
         if len(xt) != len(th):
             raise ValueError(f"theta and x need the same number of rows, got {len(th)} and {len(xt)}")
-        th, xt = drop_nonfinite_rows(th, xt)
+        th, xt = drop_nonfinite_rows(th, xt, stacklevel=4)  # warn at the user's fit() call
         self.prior.check_support(th)
         return th, xt
 
@@ -131,11 +132,13 @@ class NPE:
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
+            # A copy, so that every fit starts from the embedding as the user gave it.
+            embedding = copy.deepcopy(self.embedding) if self.embedding is not None else None
             flow = build_flow(
                 self.flow_kind,
                 self.prior.dim,
                 x_shape,
-                embedding=self.embedding,
+                embedding=embedding,
                 hidden_features=self.hidden_features,
                 num_transforms=self.num_transforms,
                 num_bins=self.num_bins,

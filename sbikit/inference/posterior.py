@@ -78,6 +78,11 @@ class FlowPosterior:
         if x is None:
             raise ValueError(f"x is required: pass an observation of shape {self.x_shape}")
         xt = as_float_tensor(x, "x")
+        if self.x_shape == (1,) and xt.ndim <= 1:
+            # Scalar observations: a 0-d or (1,) x is one observation, (m,) is a batch.
+            xt = xt.reshape(-1, 1)
+            if len(xt) == 1:
+                xt = xt[0]
         batched = check_x_shape(xt, self.x_shape)
         if not bool(torch.isfinite(xt).all()):
             raise ValueError("x holds NaN or inf; observations must be finite")
@@ -130,10 +135,15 @@ class FlowPosterior:
 
     def _log_prob(self, theta: Any, x: Any) -> Tensor:
         th = as_float_tensor(theta, "theta") if not isinstance(theta, Tensor) else theta.float()
-        single = th.ndim == 1
-        th = th.reshape(1, -1) if single else th
+        given_shape = tuple(th.shape)
+        if self.dim == 1 and th.ndim == 1:
+            # One parameter: an (n,) vector holds n values.
+            single, th = False, th[:, None]
+        else:
+            single = th.ndim == 1
+            th = th.reshape(1, -1) if single else th
         if th.ndim != 2 or th.shape[-1] != self.dim:
-            raise ValueError(f"theta must have shape (n, {self.dim}) or ({self.dim},), got {tuple(th.shape)}")
+            raise ValueError(f"theta must have shape (n, {self.dim}) or ({self.dim},), got {given_shape}")
         th = th.to(self.device)
         xt, batched = self._x(x)
         if batched and len(xt) != len(th):
@@ -167,6 +177,7 @@ class FlowPosterior:
         u = self.prior.to_unconstrained(top).detach().requires_grad_(True)
         opt = torch.optim.Adam([u], lr=0.01)
         emb = self.flow.embed(xt).detach()
+        flags = [p.requires_grad for p in self.flow.parameters()]
         for p in self.flow.parameters():
             p.requires_grad_(False)
         try:
@@ -176,8 +187,8 @@ class FlowPosterior:
                 (-lpu.sum()).backward()
                 opt.step()
         finally:
-            for p in self.flow.parameters():
-                p.requires_grad_(True)
+            for p, flag in zip(self.flow.parameters(), flags, strict=True):
+                p.requires_grad_(flag)
         with torch.no_grad():
             theta = self.prior.from_unconstrained(u)
             final = self._log_prob(theta, xt[0])
@@ -210,6 +221,7 @@ class FlowPosterior:
         os.close(fd)
         try:
             torch.save(payload, tmp)
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -264,7 +276,13 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Fl
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no posterior file at {path}")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for foreign or hostile files
+        raise ValueError(
+            f"{path} is not an sbikit posterior file (it could not be read as weights only: "
+            f"{type(err).__name__}); sbikit never unpickles code from a file"
+        ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not an sbikit posterior file")
     if int(payload.get("version", 0)) > FORMAT_VERSION:

@@ -1,0 +1,5 @@
+"""Calibration and accuracy diagnostics."""
+
+from sbikit.diagnostics.c2st import c2st
+
+__all__ = ["c2st"]

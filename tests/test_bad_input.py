@@ -1,0 +1,158 @@
+"""Bad inputs to NPE.fit and to the posterior: each raises (or warns) with a message that names the problem."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from sbikit import NPE, BoxUniform, FlowPosterior
+
+TINY = {"hidden_features": 8, "num_transforms": 1, "device": "cpu"}
+FAST = {"seed": 0, "max_epochs": 1, "progress": False}
+
+
+def _prior() -> BoxUniform:
+    return BoxUniform([-1.0, -2.0], [1.0, 3.0])
+
+
+def _data(n: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    theta = _prior().sample(n, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.cat([theta, theta.sum(1, keepdim=True)], 1) + 0.1 * torch.randn(n, 3, generator=gen)
+    return theta, x
+
+
+@pytest.fixture(scope="module")
+def posterior() -> FlowPosterior:
+    theta, x = _data()
+    return NPE(_prior(), **TINY).fit(theta, x, **FAST)
+
+
+# -- NPE.fit ------------------------------------------------------------------------------
+
+
+def test_nonfinite_x_rows_are_dropped_with_a_counted_warning() -> None:
+    theta, x = _data()
+    x[[3, 50, 120], 1] = math.nan
+    x[7, 0] = math.inf
+    x[9, 2] = -math.inf
+    with pytest.warns(UserWarning, match="dropped 5 of 200"):
+        post = NPE(_prior(), **TINY).fit(theta, x, **FAST)
+    assert post.info["num_simulations"] == 195
+    assert post.sample(5, x=x[0], seed=0).shape == (5, 2)
+
+
+def test_nonfinite_x_rows_are_dropped_from_numpy_input() -> None:
+    theta, x = _data()
+    x_np = x.numpy().astype(np.float64)
+    x_np[0] = np.nan
+    with pytest.warns(UserWarning, match="dropped 1 of 200"):
+        NPE(_prior(), **TINY).fit(theta.numpy(), x_np, **FAST)
+
+
+def test_finite_data_gives_no_warning() -> None:
+    theta, x = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        NPE(_prior(), **TINY).fit(theta, x, **FAST)
+
+
+def test_drop_warning_points_at_the_caller() -> None:
+    theta, x = _data()
+    x[0] = math.nan
+    with pytest.warns(UserWarning, match="dropped 1 of 200") as record:
+        NPE(_prior(), **TINY).fit(theta, x, **FAST)
+    assert record[0].filename == __file__
+
+
+def test_all_rows_nonfinite_raises() -> None:
+    theta, x = _data(50)
+    x[:, 0] = math.nan
+    with pytest.raises(ValueError, match="all 50 simulations"):
+        NPE(_prior(), **TINY).fit(theta, x, **FAST)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_nonfinite_theta_raises(bad: float) -> None:
+    theta, x = _data()
+    theta[4, 1] = bad
+    with pytest.raises(ValueError, match="theta has 1 row"):
+        NPE(_prior(), **TINY).fit(theta, x, **FAST)
+
+
+@pytest.mark.parametrize("value", [1.5, -1.0, 1.0])  # outside, and exactly on each bound
+def test_theta_outside_the_prior_support_names_the_bounds(value: float) -> None:
+    theta, x = _data()
+    theta[10, 0] = value
+    with pytest.raises(ValueError, match=r"outside the prior support") as err:
+        NPE(_prior(), **TINY).fit(theta, x, **FAST)
+    msg = str(err.value)
+    assert "low=[-1.0, -2.0]" in msg and "high=[1.0, 3.0]" in msg
+    assert "row 10" in msg
+
+
+@pytest.mark.parametrize("shape", [(200, 3), (200, 1), (200,), (200, 2, 1)])
+def test_theta_of_wrong_width_names_the_expected_shape(shape: tuple[int, ...]) -> None:
+    _, x = _data()
+    with pytest.raises(ValueError, match=r"theta must have shape \(n, 2\)"):
+        NPE(_prior(), **TINY).fit(torch.zeros(shape), x, **FAST)
+
+
+def test_mismatched_rows_raise() -> None:
+    theta, x = _data()
+    with pytest.raises(ValueError, match="same number of rows.*200 and 150"):
+        NPE(_prior(), **TINY).fit(theta, x[:150], **FAST)
+
+
+def test_non_numeric_x_raises_type_error() -> None:
+    theta, _ = _data(3)
+    with pytest.raises(TypeError, match="x must be"):
+        NPE(_prior(), **TINY).fit(theta, [["a", "b", "c"]] * 3, **FAST)
+
+
+def test_unknown_flow_raises() -> None:
+    with pytest.raises(ValueError, match="flow must be one of"):
+        NPE(_prior(), flow="glow")
+
+
+def test_one_dimensional_inputs_are_accepted() -> None:
+    prior = BoxUniform([0.0], [1.0])
+    theta = prior.sample(100, seed=0)[:, 0]  # (n,)
+    x = theta + 0.1 * torch.randn(100)  # (n,)
+    post = NPE(prior, **TINY).fit(theta, x, **FAST)
+    assert post.x_shape == (1,)
+    assert post.sample(4, x=torch.tensor([0.5]), seed=0).shape == (4, 1)
+
+
+# -- the posterior --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(2,), (4,), (3, 2), (1, 3, 1), ()])
+def test_sample_with_x_of_wrong_shape_names_the_expected_shape(posterior: FlowPosterior, shape) -> None:
+    with pytest.raises(ValueError, match=r"x must have shape \(3,\).*\(m, 3\)"):
+        posterior.sample(5, x=torch.zeros(shape))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_sample_with_nonfinite_x_raises(posterior: FlowPosterior, bad: float) -> None:
+    x_o = torch.zeros(3)
+    x_o[1] = bad
+    with pytest.raises(ValueError, match="NaN or inf"):
+        posterior.sample(5, x=x_o)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        posterior.sample(5, x=torch.stack([torch.zeros(3), x_o]))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        posterior.log_prob(torch.zeros(1, 2), x=x_o)
+
+
+def test_x_none_raises(posterior: FlowPosterior) -> None:
+    with pytest.raises(ValueError, match=r"x is required.*\(3,\)"):
+        posterior.sample(5, x=None)
+    with pytest.raises(ValueError, match="x is required"):
+        posterior.log_prob(torch.zeros(1, 2), x=None)
+    with pytest.raises(ValueError, match="x is required"):
+        posterior.map(None)

@@ -1,0 +1,306 @@
+"""Tests for sbikit.flows: exact identities (inversion, log-det, normalisation), conditioning, gradients, shapes.
+
+Every identity is checked in float64 on flows whose weights were randomly perturbed (so no
+layer is the identity) and whose standardisation is non-trivial (so the shift/scale terms
+of the density are exercised).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd.functional import jacobian
+
+from sbikit.flows import FLOW_KINDS, ConditionalFlow, FlowConfig, SoftplusAffineCoupling, build_flow
+
+F64 = torch.float64
+_LOG_2PI = math.log(2 * math.pi)
+
+
+def _perturb(flow: nn.Module, scale: float = 0.1, seed: int = 1) -> None:
+    """Add N(0, scale^2) noise to every parameter so that no layer is (near) the identity."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+def _data(n: int, features: int, context_dim: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-like data with non-zero means and unequal scales per column."""
+    gen = torch.Generator().manual_seed(seed)
+    y_scale = torch.linspace(0.5, 3.0, features, dtype=F64)
+    y = torch.randn(n, features, generator=gen, dtype=F64) * y_scale + torch.linspace(-2.0, 4.0, features, dtype=F64)
+    c_scale = torch.linspace(0.2, 5.0, context_dim, dtype=F64)
+    c = torch.randn(n, context_dim, generator=gen, dtype=F64) * c_scale + torch.linspace(
+        3.0, -1.0, context_dim, dtype=F64
+    )
+    return y, c
+
+
+def _flow(kind: str, features: int = 3, context_dim: int = 2, *, perturb: float = 0.1) -> tuple[ConditionalFlow, ...]:
+    """A small float64 flow with standardisation set from data and perturbed weights, plus the data."""
+    flow = build_flow(kind, features, (context_dim,), hidden_features=8, num_transforms=2, num_blocks=1).double()
+    y, c = _data(400, features, context_dim)
+    flow.set_standardization(y, c)
+    assert not torch.allclose(flow.y_shift, torch.zeros_like(flow.y_shift))
+    assert not torch.allclose(flow.c_scale, torch.ones_like(flow.c_scale))
+    _perturb(flow, perturb)
+    flow.eval()
+    return flow, y, c
+
+
+def _zero_context_weights(flow: ConditionalFlow) -> None:
+    """Remove every path from the context into the transforms (MADE, ResidualNet and its blocks)."""
+    k = flow.config.context_features
+    zeroed = 0
+    with torch.no_grad():
+        for name, module in flow.transform.named_modules():
+            if name.endswith("context_layer"):  # MADE and residual blocks
+                module.weight.zero_()
+                zeroed += 1
+            elif name.endswith("transform_net.initial_layer"):
+                # ResidualNet concatenates (inputs, context) into its first linear layer.
+                module.weight[:, -k:] = 0.0
+                zeroed += 1
+    assert zeroed > 0
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_inverse_of_forward_is_identity(kind: str) -> None:
+    flow, y, c = _flow(kind)
+    # Include rows far in the tails (beyond the spline interval of nsf) as well as typical rows.
+    y = torch.cat([y[:20], flow.y_shift + 8.0 * flow.y_scale * torch.tensor([[1.0, -1.0, 0.5]], dtype=F64)])
+    c = torch.cat([c[:20], c[:1]])
+    with torch.no_grad():
+        emb = flow.embed(c)
+        ys = (y - flow.y_shift) / flow.y_scale
+        z, logdet = flow.transform(ys, context=emb)
+        back, inv_logdet = flow.transform.inverse(z, context=emb)
+    assert not torch.allclose(z, ys, atol=1e-3), "perturbed flow should not be the identity"
+    torch.testing.assert_close(back, ys, atol=1e-5, rtol=0)
+    torch.testing.assert_close(inv_logdet, -logdet, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_sample_embedded_maps_back_to_noise(kind: str) -> None:
+    flow, _, c = _flow(kind)
+    m, n, d = 3, 50, flow.config.features
+    with torch.no_grad():
+        emb = flow.embed(c[:m])
+        y = flow.sample_embedded(n, emb, generator=torch.Generator().manual_seed(7))
+        # The same generator state reproduces the base noise: (m * n, d), rows grouped by context.
+        noise = torch.randn(m * n, d, generator=torch.Generator().manual_seed(7), dtype=F64)
+        ys = (y.reshape(m * n, d) - flow.y_shift) / flow.y_scale
+        z, _ = flow.transform(ys, context=emb.repeat_interleave(n, dim=0))
+    assert y.shape == (m, n, d)
+    torch.testing.assert_close(z, noise, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_log_prob_matches_autograd_jacobian(kind: str) -> None:
+    flow, y, c = _flow(kind)
+    y = torch.cat([y[:6], flow.y_shift + 7.0 * flow.y_scale * torch.tensor([[-1.0, 0.3, 1.0]], dtype=F64)])
+    c = c[:7]
+    lp = flow.log_prob(y, c).detach()
+    d = flow.config.features
+    for i in range(len(y)):
+        emb_i = flow.embed(c[i : i + 1]).detach()
+
+        def full_map(row: torch.Tensor, emb_i: torch.Tensor = emb_i) -> torch.Tensor:
+            z, _ = flow.transform(((row - flow.y_shift) / flow.y_scale)[None], context=emb_i)
+            return z[0]
+
+        jac = jacobian(full_map, y[i])
+        z = full_map(y[i]).detach()
+        expected = -0.5 * (z**2).sum() - 0.5 * d * _LOG_2PI + torch.linalg.slogdet(jac).logabsdet
+        torch.testing.assert_close(lp[i], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_density_integrates_to_one(kind: str) -> None:
+    """Midpoint rule over a box that covers all of 10k samples with a margin.
+
+    Tolerance: for exchangeable draws, a new draw falls beyond the largest (or smallest) of n
+    draws in one coordinate with probability 1/(n+1), so the mass outside the samples'
+    bounding box is at most 4/(n+1) = 4e-4 in 2-d (less with the margin). The midpoint rule's
+    error is O(h^2): the change when halving the spacing estimates it (the fine grid's error
+    is about a third of that change), and we require that change to be small too. The sum
+    of both is far below the 5e-3 allowed; a density off by a constant factor (e.g. a
+    dropped ``log y_scale`` term: a factor prod(y_scale) ~ 1.5 here) fails clearly.
+    """
+    flow, y, c = _flow(kind, features=2, context_dim=2)
+    ctx = c[:1]
+    with torch.no_grad():
+        s = flow.sample(10_000, ctx, generator=torch.Generator().manual_seed(3))[0]
+        lo = s.min(0).values - s.std(0)
+        hi = s.max(0).values + s.std(0)
+        integrals = []
+        for num in (100, 200):
+            axes = [lo[i] + (hi[i] - lo[i]) * (torch.arange(num, dtype=F64) + 0.5) / num for i in range(2)]
+            grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
+            lp = flow.log_prob(grid, ctx.expand(len(grid), -1))
+            integrals.append(float(lp.exp().sum() * ((hi - lo) / num).prod()))
+    coarse, fine = integrals
+    assert abs(fine - coarse) < 2e-3, f"grid not converged: {integrals}"
+    assert abs(fine - 1.0) < 5e-3, f"integral of the density is {fine} (coarse grid {coarse})"
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_context_changes_density_and_zeroed_context_does_not(kind: str) -> None:
+    flow, y, c = _flow(kind)
+    y = y[:32]
+    c1 = c[:1].expand(32, -1)
+    c2 = c[1:2].expand(32, -1)
+    with torch.no_grad():
+        lp1, lp2 = flow.log_prob(y, c1), flow.log_prob(y, c2)
+    assert (lp1 - lp2).abs().max() > 1e-3
+    # Negative control: with every context weight zeroed the context cannot matter.
+    _zero_context_weights(flow)
+    with torch.no_grad():
+        lp1, lp2 = flow.log_prob(y, c1), flow.log_prob(y, c2)
+    torch.testing.assert_close(lp1, lp2, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_every_parameter_gets_a_gradient(kind: str) -> None:
+    embedding = nn.Sequential(nn.Linear(2, 4), nn.Tanh())
+    flow = build_flow(kind, 3, (2,), embedding=embedding, hidden_features=8, num_transforms=2, num_blocks=1)
+    assert flow.config.context_features == 4
+    y, c = _data(64, 3, 2)
+    y, c = y.float(), c.float()
+    flow.set_standardization(y, c)
+    _perturb(flow, 0.05)
+    loss = -flow.log_prob(y, c).mean()
+    loss.backward()
+    names = [name for name, _ in flow.named_parameters()]
+    assert any(name.startswith("embedding.") for name in names)
+    for name, p in flow.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_shapes(kind: str) -> None:
+    flow = build_flow(kind, 3, (2,), hidden_features=8, num_transforms=2, num_blocks=1)
+    c = torch.randn(4, 2)
+    s = flow.sample(5, c)
+    assert s.shape == (4, 5, 3) and s.dtype == torch.float32
+    assert flow.log_prob(torch.randn(7, 3), torch.randn(7, 2)).shape == (7,)
+    assert flow(torch.randn(7, 3), torch.randn(7, 2)).shape == (7,)
+    assert flow.sample(0, c).shape == (4, 0, 3)
+
+
+@pytest.mark.parametrize("kind", FLOW_KINDS)
+def test_image_context_shapes(kind: str) -> None:
+    flow = build_flow(kind, 2, (1, 8, 8), hidden_features=8, num_transforms=2, num_blocks=1)
+    assert flow.config.context_features == 64
+    c = torch.randn(6, 1, 8, 8)
+    flow.set_standardization(torch.randn(6, 2), c)
+    assert flow.log_prob(torch.randn(6, 2), c).shape == (6,)
+    assert flow.sample(3, c[:2]).shape == (2, 3, 2)
+
+
+@pytest.mark.parametrize("kind", ["maf", "nsf"])
+def test_one_feature_works(kind: str) -> None:
+    flow = build_flow(kind, 1, (2,), hidden_features=8, num_transforms=2, num_blocks=1).double()
+    y, c = _data(100, 1, 2)
+    flow.set_standardization(y, c)
+    _perturb(flow, 0.1)
+    assert flow.sample(5, c[:3]).shape == (3, 5, 1)
+    lp = flow.log_prob(y, c)
+    assert lp.shape == (100,) and torch.isfinite(lp).all()
+    with torch.no_grad():
+        emb = flow.embed(c)
+        ys = (y - flow.y_shift) / flow.y_scale
+        z, _ = flow.transform(ys, context=emb)
+        back, _ = flow.transform.inverse(z, context=emb)
+    torch.testing.assert_close(back, ys, atol=1e-5, rtol=0)
+
+
+def test_realnvp_with_one_feature_raises() -> None:
+    with pytest.raises(ValueError, match="realnvp"):
+        build_flow("realnvp", 1, (2,))
+
+
+@pytest.mark.parametrize("kind", ["glow", "", "MAF2"])
+def test_unknown_kind_raises(kind: str) -> None:
+    with pytest.raises(ValueError, match="flow must be one of"):
+        build_flow(kind, 2, (2,))
+
+
+def test_kind_is_case_insensitive_and_features_checked() -> None:
+    assert build_flow("MAF", 2, (2,), hidden_features=4, num_transforms=1).config.kind == "maf"
+    with pytest.raises(ValueError, match="features"):
+        build_flow("maf", 0, (2,))
+
+
+def test_realnvp_uses_softplus_coupling() -> None:
+    flow = build_flow("realnvp", 3, (2,), hidden_features=4, num_transforms=2)
+    layers = list(flow.transform._transforms)
+    assert len(layers) == 2 and all(isinstance(t, SoftplusAffineCoupling) for t in layers)
+    # Zero conditioner output -> scale softplus(log(e - 1)) + 1e-3 = 1 + 1e-3.
+    scale, shift = layers[0]._scale_and_shift(torch.zeros(1, 4))
+    torch.testing.assert_close(scale, torch.full_like(scale, 1.001))
+    torch.testing.assert_close(shift, torch.zeros_like(shift))
+
+
+# -- standardisation ------------------------------------------------------------------------
+
+
+def test_set_standardization_vector_context_per_entry() -> None:
+    flow = build_flow("maf", 3, (4,), hidden_features=4, num_transforms=1)
+    y, c = _data(500, 3, 4)
+    y, c = y.float(), c.float()
+    flow.set_standardization(y, c)
+    torch.testing.assert_close(flow.y_shift, y.mean(0))
+    torch.testing.assert_close(flow.y_scale, y.std(0))
+    torch.testing.assert_close(flow.c_shift, c.mean(0))
+    torch.testing.assert_close(flow.c_scale, c.std(0))
+    # The scales differ per entry (the data were built with different scales).
+    assert flow.c_scale.max() / flow.c_scale.min() > 5
+    # The statistics are buffers, so they travel with the state dict.
+    state = flow.state_dict()
+    assert {"y_shift", "y_scale", "c_shift", "c_scale"} <= set(state)
+    other = build_flow("maf", 3, (4,), hidden_features=4, num_transforms=1)
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.log_prob(y[:5], c[:5]), flow.log_prob(y[:5], c[:5]))
+
+
+def test_set_standardization_image_context_is_global() -> None:
+    flow = build_flow("maf", 2, (1, 8, 8), hidden_features=4, num_transforms=1)
+    gen = torch.Generator().manual_seed(0)
+    c = 3.0 + 2.0 * torch.randn(50, 1, 8, 8, generator=gen)
+    c[:, :, :4] *= 5.0  # spatially varying scale must still get one global statistic
+    flow.set_standardization(torch.randn(50, 2, generator=gen), c)
+    assert flow.c_shift.shape == (1, 8, 8) and flow.c_scale.shape == (1, 8, 8)
+    torch.testing.assert_close(flow.c_shift, torch.full((1, 8, 8), float(c.mean())))
+    torch.testing.assert_close(flow.c_scale, torch.full((1, 8, 8), float(c.reshape(-1).std())))
+
+
+def test_constant_columns_get_scale_one() -> None:
+    flow = build_flow("maf", 2, (3,), hidden_features=4, num_transforms=1)
+    y = torch.randn(100, 2)
+    y[:, 1] = 4.0
+    c = torch.randn(100, 3) * 2
+    c[:, 0] = -7.0
+    flow.set_standardization(y, c)
+    assert flow.y_scale[1] == 1.0 and flow.c_scale[0] == 1.0
+    assert flow.y_shift[1] == 4.0 and flow.c_shift[0] == -7.0
+    assert torch.isfinite(flow.log_prob(y, c)).all()
+    # A constant image and a single row also give scale 1 rather than 0 or NaN.
+    img = build_flow("maf", 2, (1, 4, 4), hidden_features=4, num_transforms=1)
+    img.set_standardization(torch.randn(1, 2), torch.full((1, 1, 4, 4), 2.5))
+    assert torch.equal(img.c_scale, torch.ones(1, 4, 4)) and torch.equal(img.y_scale, torch.ones(2))
+
+
+def test_flow_config_round_trip() -> None:
+    flow = build_flow("nsf", 2, (3,), hidden_features=4, num_transforms=1, num_bins=4, tail_bound=3.0)
+    cfg = flow.config.to_dict()
+    rebuilt = ConditionalFlow(FlowConfig(**cfg), (3,))
+    rebuilt.load_state_dict(flow.state_dict())
+    y, c = torch.randn(5, 2), torch.randn(5, 3)
+    torch.testing.assert_close(rebuilt.log_prob(y, c), flow.log_prob(y, c))
