@@ -1,0 +1,129 @@
+"""End to end: NPE with its default settings recovers known posteriors.
+
+Each test trains once on a fixed seed and compares posterior samples with exact reference
+samples by a classifier two-sample test (C2ST). C2ST is 0.5 for identical distributions;
+its Monte Carlo spread with n samples per side and 5 folds is about sqrt(0.25 / (2 n))
+(~0.008 for n = 2000), so the thresholds below sit many standard errors above 0.5 and
+decide "close enough", not "identical". Every check has two controls run with the same
+classifier and sample sizes: exact-vs-exact must land near 0.5 (the classifier is not
+biased) and a wrong posterior must fail the very threshold the NPE posterior passes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.neural_network import MLPClassifier
+
+import sbikit
+import simulators
+from sbikit.diagnostics import c2st
+
+pytestmark = pytest.mark.slow
+
+NUM_SAMPLES = 2000
+NUM_OBS = 3
+# Four Monte Carlo standard errors of C2ST under the null (see the module docstring).
+NULL_TOLERANCE = 4 * np.sqrt(0.25 / (2 * NUM_SAMPLES))
+
+
+def _fast_classifier(dim: int) -> MLPClassifier:
+    # The benchmark MLP (two hidden layers of 10 d units) with early stopping on a held-out
+    # tenth: the standard variant needs minutes in 10 dimensions; this one seconds.
+    return MLPClassifier((10 * dim, 10 * dim), early_stopping=True, max_iter=1000, random_state=0)
+
+
+def _score(a: torch.Tensor, b: torch.Tensor) -> float:
+    return c2st(a, b, classifier=_fast_classifier(a.shape[-1]))
+
+
+def _observations(sim: simulators.Simulator, seed: int) -> list[torch.Tensor]:
+    theta = sim.prior.sample(NUM_OBS, seed=seed)
+    return list(sim.simulate(theta, seed=seed + 1))
+
+
+@pytest.fixture(scope="module")
+def gaussian_linear_run() -> tuple[simulators.Simulator, sbikit.FlowPosterior]:
+    sim = simulators.get("gaussian_linear")
+    theta = sim.prior.sample(10_000, seed=0)
+    x = sim.simulate(theta, seed=1)
+    return sim, sbikit.NPE(sim.prior, device="cpu").fit(theta, x, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def two_moons_run() -> tuple[simulators.Simulator, sbikit.FlowPosterior]:
+    sim = simulators.get("two_moons")
+    theta = sim.prior.sample(10_000, seed=0)
+    x = sim.simulate(theta, seed=1)
+    return sim, sbikit.NPE(sim.prior, device="cpu").fit(theta, x, seed=0, progress=False)
+
+
+GAUSSIAN_LINEAR_MAX_C2ST = 0.6
+
+
+def test_npe_recovers_the_analytic_gaussian_linear_posterior(gaussian_linear_run) -> None:
+    sim, posterior = gaussian_linear_run
+    scores = []
+    for k, x_o in enumerate(_observations(sim, seed=100)):
+        reference = sim.sample_posterior(x_o, NUM_SAMPLES, seed=k)
+        samples = posterior.sample(NUM_SAMPLES, x=x_o, seed=k)
+        scores.append(_score(samples, reference))
+    assert np.mean(scores) <= GAUSSIAN_LINEAR_MAX_C2ST, scores
+
+
+def test_gaussian_linear_controls() -> None:
+    sim = simulators.get("gaussian_linear")
+    x_o = _observations(sim, seed=100)[0]
+    reference = sim.sample_posterior(x_o, NUM_SAMPLES, seed=0)
+    # Positive control: two independent draws of the exact posterior.
+    same = _score(sim.sample_posterior(x_o, NUM_SAMPLES, seed=1), reference)
+    assert abs(same - 0.5) <= NULL_TOLERANCE, same
+    # Negative control: the exact posterior shifted by one posterior standard deviation
+    # in every coordinate must fail the threshold the NPE posterior has to meet.
+    _, cov = sim.posterior_mean_cov(x_o)
+    shifted = sim.sample_posterior(x_o, NUM_SAMPLES, seed=2) + torch.sqrt(torch.diagonal(cov)).float()
+    assert _score(shifted, reference) > GAUSSIAN_LINEAR_MAX_C2ST
+
+
+def test_npe_gaussian_linear_moments_match_the_analytic_posterior(gaussian_linear_run) -> None:
+    sim, posterior = gaussian_linear_run
+    x_o = _observations(sim, seed=100)[0]
+    mean, cov = sim.posterior_mean_cov(x_o)
+    samples = posterior.sample(20_000, x=x_o, seed=0).double()
+    sd = torch.sqrt(torch.diagonal(cov))
+    # Amortisation error, not Monte Carlo error, dominates here (MC error of the mean is
+    # sd / sqrt(20000) < 0.01 sd): allow a quarter of a posterior sd in mean, 20% in sd.
+    assert torch.all((samples.mean(0) - mean).abs() < 0.25 * sd)
+    assert torch.all((samples.std(0) / sd - 1).abs() < 0.2)
+
+
+TWO_MOONS_MAX_C2ST = 0.7
+
+
+def test_npe_recovers_the_two_moons_posterior(two_moons_run) -> None:
+    sim, posterior = two_moons_run
+    scores = []
+    for k, x_o in enumerate(_observations(sim, seed=200)):
+        reference = sim.sample_posterior(x_o, NUM_SAMPLES, seed=k)
+        samples = posterior.sample(NUM_SAMPLES, x=x_o, seed=k)
+        assert bool(sim.prior.in_support(samples).all())
+        # The reference is exact: its log-likelihood is finite everywhere.
+        assert bool(torch.isfinite(sim.log_likelihood(reference, x_o)).all())
+        scores.append(c2st(samples, reference))
+    assert np.mean(scores) <= TWO_MOONS_MAX_C2ST, scores
+
+
+def test_two_moons_controls(two_moons_run) -> None:
+    sim, posterior = two_moons_run
+    x_a, x_b = _observations(sim, seed=200)[:2]
+    reference = sim.sample_posterior(x_a, NUM_SAMPLES, seed=0)
+    same = c2st(sim.sample_posterior(x_a, NUM_SAMPLES, seed=1), reference)
+    assert abs(same - 0.5) <= NULL_TOLERANCE, same
+    # Negative controls: the posterior for another observation, and only one of the two
+    # moons (the exact samples with theta_1 + theta_2 >= 0), must fail.
+    wrong = posterior.sample(NUM_SAMPLES, x=x_b, seed=0)
+    assert c2st(wrong, reference) > TWO_MOONS_MAX_C2ST
+    exact = sim.sample_posterior(x_a, 2 * NUM_SAMPLES, seed=2)
+    one_moon = exact[exact.sum(-1) >= 0][:NUM_SAMPLES]
+    assert c2st(one_moon, reference) > TWO_MOONS_MAX_C2ST
