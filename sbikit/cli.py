@@ -51,6 +51,8 @@ def _build_simulator(cfg: RunConfig) -> Any:
 
     try:
         return simulators.get(cfg.simulator.name, **cfg.simulator.kwargs)
+    except ImportError as err:
+        raise ConfigError(f"[simulator] name {cfg.simulator.name!r} could not be imported: {err}") from None
     except (TypeError, ValueError) as err:
         raise ConfigError(
             f"[simulator] kwargs = {cfg.simulator.kwargs!r} rejected by {cfg.simulator.name}: {err}"

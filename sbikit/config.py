@@ -4,7 +4,8 @@ The format (every section but ``[simulator]`` and ``[observation]`` is optional;
 values shown for optional keys are their defaults)::
 
     [simulator]
-    name = "two_moons"          # required: a name from simulators.available()
+    name = "two_moons"          # required: a name from simulators.available(), or the
+                                # import path of your own simulator, "my_package.sims:MySim"
     kwargs = {}                 # keyword arguments of the simulator's constructor
 
     [simulation]
@@ -349,7 +350,7 @@ def _parse(data: Mapping[str, Any], source: str | None) -> RunConfig:
 
     sec = _Section("simulator", data["simulator"], allowed=("name", "kwargs"))
     name = sec.string("name", required=True)
-    if name not in simulators.available():
+    if ":" not in name and name not in simulators.available():
         raise ConfigError(
             f"[simulator] name {name!r} is not a known simulator; available: {', '.join(simulators.available())}"
         )
@@ -407,7 +408,7 @@ def _parse(data: Mapping[str, Any], source: str | None) -> RunConfig:
     )
 
     sec = _Section("output", data.get("output", {}), allowed=("dir",))
-    output = OutputConfig(dir=sec.string("dir", f"runs/{name}"))
+    output = OutputConfig(dir=sec.string("dir", f"runs/{name.rpartition(':')[2] or name}"))
 
     return RunConfig(
         simulator=simulator,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -52,7 +53,8 @@ def get(name: str, **kwargs: Any) -> Simulator:
     """Build a new instance of the simulator registered as ``name``.
 
     Args:
-        name: a name from :func:`available`.
+        name: a name from :func:`available`, or the import path of your own simulator
+            class or factory as ``"package.module:Name"`` (imported, never unpickled).
         **kwargs: passed to the simulator's constructor (e.g. ``dim=5`` for ``gaussian_linear``).
 
     Returns:
@@ -60,7 +62,10 @@ def get(name: str, **kwargs: Any) -> Simulator:
 
     Raises:
         KeyError: for an unknown name; the message lists the available ones.
+        ImportError: when an import path cannot be imported or lacks the attribute.
     """
+    if ":" in name:
+        return _import_factory(name)(**kwargs)
     try:
         factory = _REGISTRY[name]
     except KeyError:
@@ -71,6 +76,21 @@ def get(name: str, **kwargs: Any) -> Simulator:
 def available() -> list[str]:
     """Sorted names of all registered simulators."""
     return sorted(_REGISTRY)
+
+
+def _import_factory(path: str) -> Callable[..., Simulator]:
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ImportError(f"simulator import path must look like 'package.module:Name', got {path!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ImportError(f"{module_name!r} has no attribute {attr!r} (from simulator path {path!r})") from None
+    if not callable(obj):
+        raise ImportError(f"{path!r} is not a simulator class or factory")
+    return obj
 
 
 def _qualified(obj: Any) -> str:

@@ -235,3 +235,35 @@ def test_python_m_sbikit():
     assert result.returncode == 0, result.stderr
     for name in simulators.available():
         assert name in result.stdout
+
+
+def test_run_with_a_user_simulator_given_by_import_path(tmp_path, monkeypatch) -> None:
+    pkg = tmp_path / "userpkg"
+    pkg.mkdir()
+    (pkg / "line_sim.py").write_text(
+        "import numpy as np\n"
+        "import sbikit, simulators\n\n\n"
+        "class Line(simulators.Simulator):\n"
+        "    def __init__(self, num_points: int = 10):\n"
+        "        self.prior = sbikit.BoxUniform([-2, -2], [2, 2])\n"
+        "        self.theta_names = ['slope', 'intercept']\n"
+        "        self.t = np.linspace(0, 1, num_points)\n"
+        "        self.x_shape = (num_points,)\n\n"
+        "    def _simulate(self, theta, rng):\n"
+        "        noise = 0.1 * rng.normal(size=(len(theta), len(self.t)))\n"
+        "        return theta[:, :1] * self.t + theta[:, 1:] + noise\n"
+    )
+    monkeypatch.syspath_prepend(str(pkg))
+    config = tmp_path / "line.toml"
+    config.write_text(
+        '[simulator]\nname = "line_sim:Line"\nkwargs = {num_points = 8}\n'
+        "[simulation]\nnum_simulations = 300\n[train]\nmax_epochs = 3\n"
+        "[observation]\ntheta_true = [0.5, -0.5]\n[posterior]\nnum_samples = 200\n"
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
+    samples = np.load(out / "samples.npz")["samples"]
+    assert samples.shape == (200, 2)
+    # An import path that does not resolve is a config error, not a traceback.
+    config.write_text(config.read_text().replace("line_sim:Line", "line_sim:Nope"))
+    assert main(["run", str(config), "--out", str(tmp_path / "out2"), "--quiet"]) == 2

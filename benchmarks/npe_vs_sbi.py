@@ -1,0 +1,215 @@
+"""sbikit NPE against sbi's NPE (MAF and NSF), side by side on the same simulations.
+
+For every task and simulation budget, one training set ``theta ~ prior``, ``x ~ simulator``
+is drawn (seeded) and given to each method with its defaults:
+
+* ``sbikit``: ``sbikit.NPE(prior).fit(theta, x, seed=0)``;
+* ``sbi-maf``: ``sbi.inference.NPE(prior, density_estimator="maf").train()``;
+* ``sbi-nsf``: the same with ``density_estimator="nsf"``.
+
+Measured per method: training wall time (``fit`` / ``train`` only), epochs, sampling
+throughput (10,000 posterior samples per observation, samples/s over all observations;
+sbi's rejection of samples outside the prior is part of its ``sample``), and C2ST of those
+10,000 samples against 10,000 reference samples (``benchmarks/references.py``) in the
+standard sbibm variant: an MLP with two hidden layers of ``10 d`` units, inputs z-scored
+on the reference, 5-fold cross-validated accuracy (:func:`sbikit.diagnostics.c2st.c2st`).
+
+Every process runs torch with one thread (the benchmark machine has two shared cores;
+with two threads per process training is many times slower there).
+
+Usage::
+
+    python benchmarks/npe_vs_sbi.py --tasks two_moons slcp --budgets 1000 10000 \\
+        --methods sbikit sbi-maf sbi-nsf --out benchmarks/results/run.jsonl
+    python benchmarks/npe_vs_sbi.py --report benchmarks/results/*.jsonl   # markdown table
+
+Records are appended to ``--out`` (JSON lines) as soon as each (task, budget, method) is
+done, so an interrupted run keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(0, str(ROOT))
+
+import simulators  # noqa: E402
+from references import TASKS, load_reference  # noqa: E402
+
+import sbikit  # noqa: E402
+from sbikit.diagnostics.c2st import c2st  # noqa: E402
+
+METHODS = ("sbikit", "sbi-maf", "sbi-nsf")
+NUM_SAMPLES = 10_000
+
+
+def training_data(task: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shared training set of a task and budget (seeded by the budget)."""
+    sim = simulators.get(task)
+    theta = sim.prior.sample(n, seed=n)
+    x = sim.simulate(theta, seed=n + 1)
+    theta = torch.as_tensor(np.asarray(theta), dtype=torch.float32)
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    return theta, x
+
+
+def sbi_prior(task: str):
+    """The task's prior as a torch distribution sbi accepts."""
+    sim = simulators.get(task)
+    p = sim.prior
+    if torch.isfinite(p.low).all():
+        from sbi.utils import BoxUniform
+
+        return BoxUniform(p.low.float(), p.high.float())
+    return torch.distributions.MultivariateNormal(p.mean.float(), p.cov.float())
+
+
+def run_sbikit(task: str, theta: torch.Tensor, x: torch.Tensor, seed: int):
+    sim = simulators.get(task)
+    t = time.perf_counter()
+    posterior = sbikit.NPE(sim.prior, device="cpu").fit(theta, x, seed=seed, progress=False)
+    train_time = time.perf_counter() - t
+
+    def sample(x_o: np.ndarray, i: int) -> np.ndarray:
+        return posterior.sample(NUM_SAMPLES, x=torch.as_tensor(x_o), seed=seed + i).numpy()
+
+    return train_time, int(posterior.info["epochs"]), sample
+
+
+def run_sbi(task: str, theta: torch.Tensor, x: torch.Tensor, seed: int, estimator: str):
+    from sbi.inference import NPE as SbiNPE
+
+    torch.manual_seed(seed)
+    inference = SbiNPE(prior=sbi_prior(task), density_estimator=estimator, show_progress_bars=False)
+    inference.append_simulations(theta, x)
+    t = time.perf_counter()
+    density_estimator = inference.train()
+    train_time = time.perf_counter() - t
+    posterior = inference.build_posterior(density_estimator)
+    epochs = int(inference._summary["epochs_trained"][-1])  # sbi keeps it in a private dict
+
+    def sample(x_o: np.ndarray, i: int) -> np.ndarray:
+        torch.manual_seed(seed + i)
+        s = posterior.sample((NUM_SAMPLES,), x=torch.as_tensor(x_o)[None], show_progress_bars=False)
+        return s.numpy()
+
+    return train_time, epochs, sample
+
+
+def run_one(task: str, n: int, method: str, num_obs: int, seed: int) -> dict:
+    theta, x = training_data(task, n)
+    ref = load_reference(task)
+    if method == "sbikit":
+        train_time, epochs, sample = run_sbikit(task, theta, x, seed)
+    elif method.startswith("sbi-"):
+        train_time, epochs, sample = run_sbi(task, theta, x, seed, method[4:])
+    else:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    scores, sample_time = [], 0.0
+    for i in range(num_obs):
+        t = time.perf_counter()
+        s = sample(ref["x_o"][i], i)
+        sample_time += time.perf_counter() - t
+        scores.append(c2st(s, ref["samples"][i], seed=0))
+    return {
+        "task": task,
+        "num_simulations": n,
+        "method": method,
+        "train_time_s": train_time,
+        "epochs": epochs,
+        "samples_per_s": num_obs * NUM_SAMPLES / sample_time,
+        "c2st": scores,
+        "c2st_mean": float(np.mean(scores)),
+        "c2st_std": float(np.std(scores)),
+        "num_obs": num_obs,
+        "machine": machine(),
+    }
+
+
+def machine() -> dict:
+    import nflows
+    import sbi
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "sbi": sbi.__version__,
+        "nflows": getattr(nflows, "__version__", "?"),
+        "sbikit": getattr(sbikit, "__version__", "?"),
+    }
+
+
+def report(paths: list[str]) -> str:
+    """Markdown table from JSON-lines records (the last record of a key wins)."""
+    rows: dict[tuple[str, int, str], dict] = {}
+    for p in paths:
+        for line in Path(p).read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows[(r["task"], r["num_simulations"], r["method"])] = r
+    out = [
+        "| task | sims | method | C2ST mean ± std | train time (s) | epochs | time / sbi-maf | samples/s | samples/s ÷ sbi-maf |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    order = {m: i for i, m in enumerate(METHODS)}
+    task_order = {t: i for i, t in enumerate(TASKS)}
+    for key in sorted(rows, key=lambda k: (task_order.get(k[0], 99), k[1], order.get(k[2], 99))):
+        r = rows[key]
+        base = rows.get((key[0], key[1], "sbi-maf"))
+        ratio = f"{r['train_time_s'] / base['train_time_s']:.2f}" if base else "–"
+        sratio = f"{r['samples_per_s'] / base['samples_per_s']:.1f}" if base else "–"
+        out.append(
+            f"| {r['task']} | {r['num_simulations']} | {r['method']} | {r['c2st_mean']:.3f} ± {r['c2st_std']:.3f} "
+            f"| {r['train_time_s']:.1f} | {r['epochs']} | {ratio} | {r['samples_per_s']:.0f} | {sratio} |"
+        )
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="sbikit NPE vs sbi NPE (C2ST, training time, sampling throughput)")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--budgets", nargs="+", type=int, default=[1000, 10000])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--num-obs", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "results" / "npe_vs_sbi.jsonl"))
+    p.add_argument("--report", nargs="*", help="print a markdown table of these JSON-lines files and exit")
+    args = p.parse_args()
+    if args.report is not None:
+        print(report(args.report or [args.out]))
+        return
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for task in args.tasks:
+        for n in args.budgets:
+            for method in args.methods:
+                r = run_one(task, n, method, args.num_obs, args.seed)
+                with out.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
+                print(
+                    f"{task} n={n} {method}: C2ST {r['c2st_mean']:.3f} ± {r['c2st_std']:.3f}, "
+                    f"train {r['train_time_s']:.1f} s ({r['epochs']} epochs), {r['samples_per_s']:.0f} samples/s",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
