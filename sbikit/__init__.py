@@ -15,19 +15,21 @@ from __future__ import annotations
 import logging
 
 from sbikit import priors
-from sbikit.inference import NPE, FlowPosterior, load
+from sbikit.compare import compare
+from sbikit.inference import NLE, NPE, FlowPosterior, NLEPosterior, load
 from sbikit.priors import BoxUniform, Gaussian, Independent, LogNormal
 
 __version__ = "0.1.0"
 
 __all__ = ["NPE", "FlowPosterior", "load", "priors", "BoxUniform", "Gaussian", "Independent", "LogNormal"]
+__all__ += ["NLE", "NLEPosterior", "compare", "mcmc"]
 
 logging.getLogger("sbikit").addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str) -> object:
     # Heavier submodules (matplotlib, scikit-learn) load on first use: sbikit.plots, sbikit.diagnostics.
-    if name in {"plots", "diagnostics", "cli", "config", "flows", "train", "utils"}:
+    if name in {"plots", "diagnostics", "cli", "config", "flows", "train", "utils", "mcmc"}:
         import importlib
 
         return importlib.import_module(f"sbikit.{name}")

@@ -11,7 +11,12 @@ the posterior and writes into the output folder:
 * ``posterior.pt``: the posterior, for :func:`sbikit.load`;
 * ``summary.json``: timings, epochs, losses, posterior mean and std per parameter, and
   the configuration used (defaults filled in);
-* ``config.toml``: a copy of the configuration file.
+* ``config.toml``: a copy of the configuration file;
+* with ``[reference] mcmc = true`` (simulators with an exact likelihood only): an emcee
+  reference posterior for ``x_o`` (:func:`sbikit.mcmc.reference_posterior`) in
+  ``reference_samples.npz`` (``samples``, ``tau``, ``ess``, ``acceptance_fraction``),
+  the comparison of NPE against it (:func:`sbikit.compare`) in ``comparison.json`` and
+  ``comparison.md``, and both posteriors with the truth in ``overlay.png``.
 
 ``sbikit simulators`` lists the bundled simulators. ``python -m sbikit`` is the same as
 ``sbikit``. Exit codes: 0 on success, 2 for a bad command line or configuration (with a
@@ -42,7 +47,23 @@ __all__ = ["main", "run", "list_simulators"]
 logger = logging.getLogger(__name__)
 
 #: Output files of ``sbikit run``.
-OUTPUT_FILES = ("samples.npz", "corner.png", "loss.png", "posterior.pt", "summary.json", "config.toml")
+OUTPUT_FILES = (
+    "samples.npz",
+    "corner.png",
+    "loss.png",
+    "posterior.pt",
+    "summary.json",
+    "config.toml",
+    "reference_samples.npz",
+    "comparison.json",
+    "comparison.md",
+    "overlay.png",
+    "sbc_ranks.png",
+    "coverage.png",
+    "tarp.png",
+    "calibration.json",
+    "calibration.txt",
+)
 
 
 # -- validation against the simulator ------------------------------------------------------
@@ -107,6 +128,74 @@ def _check_device(cfg: RunConfig) -> None:
         raise ConfigError(f"[estimator] device: {err}") from None
 
 
+def _check_reference(cfg: RunConfig, sim: Any) -> None:
+    """``[reference] mcmc = true`` needs an exact likelihood and a valid ensemble size."""
+    if not cfg.reference.mcmc:
+        return
+    from sbikit.mcmc import has_likelihood
+
+    if not has_likelihood(sim):
+        raise ConfigError(
+            f"[reference] mcmc = true needs a simulator with an exact log_likelihood(theta, x), and "
+            f"{cfg.simulator.name} has none; remove the [reference] section or set mcmc = false"
+        )
+    walkers = cfg.reference.num_walkers
+    d = sim.prior.dim
+    if walkers is not None and (walkers < 2 * d or walkers % 2):
+        raise ConfigError(f"[reference] num_walkers must be even and >= 2 d = {2 * d}, got {walkers}")
+
+
+def _reference_outputs(
+    cfg: RunConfig, sim: Any, x_o: np.ndarray, samples: np.ndarray, theta_true: np.ndarray | None, out: Path
+) -> dict[str, Any]:
+    """Run the emcee reference, compare NPE with it and write the files; returns the summary entry."""
+    from sbikit import plots
+    from sbikit.compare import compare
+    from sbikit.mcmc import reference_posterior
+
+    names = list(sim.theta_names)
+    rc = cfg.reference
+    logger.info("running the emcee reference posterior (%d samples)", rc.num_samples)
+    start = time.perf_counter()
+    ref = reference_posterior(
+        sim, x_o, num_samples=rc.num_samples, seed=rc.seed, num_walkers=rc.num_walkers, max_steps=rc.max_steps
+    )
+    reference_time = time.perf_counter() - start
+    ref_np = ref.samples.numpy()
+    np.savez(
+        out / "reference_samples.npz",
+        samples=ref_np,
+        x_o=x_o,
+        theta_names=np.array(names),
+        tau=ref.tau,
+        ess=ref.ess,
+        acceptance_fraction=np.array(ref.acceptance_fraction),
+    )
+    label = f"NPE ({cfg.estimator.flow})"
+    comparison = compare(samples, ref_np, labels=names, name=label, seed=cfg.posterior.seed)
+    diagnostics = {**ref.summary(), "time_s": reference_time}
+    (out / "comparison.json").write_text(
+        json.dumps({"comparison": comparison.to_dict(), "reference": diagnostics}, indent=2, allow_nan=False) + "\n"
+    )
+    text = (
+        f"# {cfg.simulator.name}: {label} against the emcee reference\n\n{comparison.to_markdown()}\n\n"
+        f"Reference: {ref.num_walkers} walkers x {ref.num_steps} steps, burn-in {ref.burn_in}, thin {ref.thin}, "
+        f"acceptance {ref.acceptance_fraction:.2f}, max tau {float(ref.tau.max()):.1f}, "
+        f"min ESS {float(ref.ess.min()):.0f}\n"
+    )
+    (out / "comparison.md").write_text(text)
+    plots.corner_overlay(
+        [samples, ref_np],
+        [label, "emcee reference"],
+        truth=theta_true,
+        labels=names,
+        path=out / "overlay.png",
+        title=f"{cfg.simulator.name}: {label} vs emcee",
+    )
+    logger.info("reference done in %.1f s; C2ST of NPE against it: %.3f", reference_time, comparison.c2st)
+    return {"c2st": comparison.c2st, **comparison.to_dict(), "mcmc": diagnostics}
+
+
 def _simulation_seeds(seed: int) -> tuple[int, int]:
     """Two independent seeds (prior draws, simulator noise) derived from one."""
     children = np.random.SeedSequence(seed).spawn(2)
@@ -147,6 +236,7 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bool = T
         theta_true = _check_theta_true(cfg, sim)
         x_given = _check_x(cfg, sim)
         _check_device(cfg)
+        _check_reference(cfg, sim)
     except ConfigError as err:
         if cfg.source is None:
             raise
@@ -207,6 +297,9 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bool = T
         if not (dst.exists() and src.resolve() == dst.resolve()):
             shutil.copyfile(src, dst)
 
+    reference = _reference_outputs(cfg, sim, x_o, samples_np, theta_true, out) if cfg.reference.mcmc else None
+    calibration = _calibration_outputs(cfg, sim, posterior, out) if cfg.calibration.enabled else None
+
     train_loss = info.get("train_loss") or [None]
     val_loss = info.get("val_loss") or [None]
     mean = samples_np.mean(axis=0)
@@ -234,6 +327,8 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bool = T
         "num_samples": num_samples,
         "posterior_mean": {name: float(m) for name, m in zip(names, mean, strict=True)},
         "posterior_std": {name: float(s) for name, s in zip(names, std, strict=True)},
+        "reference": reference,
+        "calibration": calibration,
         "files": [f for f in OUTPUT_FILES if f == "summary.json" or (out / f).exists()],
         "config": used,
     }
@@ -241,6 +336,30 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bool = T
     summary_path.write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
     logger.info("wrote %s", ", ".join(summary["files"]))
     return summary_path
+
+
+def _calibration_outputs(cfg: RunConfig, sim: Any, posterior: Any, out: Path) -> dict[str, Any]:
+    """Run SBC, coverage and TARP on fresh simulations and write their figures; returns the summary entry."""
+    from sbikit.diagnostics.report import calibration_report
+
+    cc = cfg.calibration
+    logger.info("calibration checks on %d test simulations x %d samples", cc.num_tests, cc.num_posterior_samples)
+    start = time.perf_counter()
+    result = calibration_report(
+        posterior,
+        sim,
+        num_tests=cc.num_tests,
+        num_posterior_samples=cc.num_posterior_samples,
+        seed=cc.seed,
+        out_dir=out,
+        alpha=cc.alpha,
+    )
+    elapsed = time.perf_counter() - start
+    passed = bool(result.passed)
+    (logger.info if passed else logger.warning)(
+        "calibration %s (%.1f s); details in %s", "passed" if passed else "FAILED", elapsed, out / "calibration.txt"
+    )
+    return {"passed": passed, "time_s": elapsed, "num_tests": cc.num_tests, "alpha": cc.alpha}
 
 
 # -- simulators ---------------------------------------------------------------------------------

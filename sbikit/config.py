@@ -39,6 +39,22 @@ values shown for optional keys are their defaults)::
     [output]
     dir = "runs/<simulator name>"   # relative to the working directory; --out overrides it
 
+    [reference]                 # optional: an emcee reference from the exact likelihood
+    mcmc = false                # true adds reference_samples.npz, comparison.json/.md and
+                                # overlay.png; needs a simulator with a log_likelihood
+    num_samples = 10000         # reference draws
+    seed = 3
+    # num_walkers = 32          # default max(32, 4 d)
+    # max_steps = 100000        # cap on the chain length
+
+    [calibration]               # optional: SBC, expected coverage and TARP on fresh simulations
+    enabled = false             # true adds sbc_ranks.png, coverage.png, tarp.png,
+                                # calibration.json and calibration.txt
+    num_tests = 500             # (theta, x) test pairs simulated from the prior
+    num_posterior_samples = 1000
+    alpha = 0.01                # family-wise false-alarm rate of the checks
+    seed = 4
+
 Unknown sections or keys are errors (they are usually typos), and every error names the
 section, the key, the expected type and the value found, e.g.
 ``[train] max_epochs must be an integer, got str ('ten')``. Checks that need the
@@ -75,6 +91,8 @@ __all__ = [
     "ObservationConfig",
     "PosteriorConfig",
     "OutputConfig",
+    "ReferenceConfig",
+    "CalibrationConfig",
     "load_config",
     "parse_config",
     "FLOWS",
@@ -174,6 +192,28 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
+class ReferenceConfig:
+    """``[reference]``: an emcee reference posterior and a comparison (see :mod:`sbikit.mcmc`)."""
+
+    mcmc: bool = False
+    num_samples: int = 10_000
+    seed: int = 3
+    num_walkers: int | None = None
+    max_steps: int = 100_000
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """``[calibration]``: calibration checks on fresh simulations (see :mod:`sbikit.diagnostics`)."""
+
+    enabled: bool = False
+    num_tests: int = 500
+    num_posterior_samples: int = 1000
+    alpha: float = 0.01
+    seed: int = 4
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole ``sbikit run`` configuration.
 
@@ -188,6 +228,8 @@ class RunConfig:
     observation: ObservationConfig
     posterior: PosteriorConfig
     output: OutputConfig
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     source: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -270,6 +312,14 @@ class _Section:
 
         return self._get(key, default, required, check)
 
+    def boolean(self, key: str, default: bool) -> bool:
+        def check(k: str, v: Any) -> bool:
+            if not isinstance(v, bool):
+                raise ConfigError(f"{self._where(k)} must be true or false, got {_describe(v)}")
+            return v
+
+        return self._get(key, default, False, check)
+
     def table_value(self, key: str) -> dict[str, Any]:
         def check(k: str, v: Any) -> dict[str, Any]:
             if not isinstance(v, Mapping):
@@ -309,7 +359,17 @@ def _device(section: _Section) -> str:
 
 
 # -- parsing ------------------------------------------------------------------------------------
-_SECTIONS = ("simulator", "simulation", "estimator", "train", "observation", "posterior", "output")
+_SECTIONS = (
+    "simulator",
+    "simulation",
+    "estimator",
+    "train",
+    "observation",
+    "posterior",
+    "output",
+    "reference",
+    "calibration",
+)
 
 
 def parse_config(data: Mapping[str, Any], *, source: str | None = None) -> RunConfig:
@@ -410,6 +470,32 @@ def _parse(data: Mapping[str, Any], source: str | None) -> RunConfig:
     sec = _Section("output", data.get("output", {}), allowed=("dir",))
     output = OutputConfig(dir=sec.string("dir", f"runs/{name.rpartition(':')[2] or name}"))
 
+    sec = _Section(
+        "reference", data.get("reference", {}), allowed=("mcmc", "num_samples", "seed", "num_walkers", "max_steps")
+    )
+    reference = ReferenceConfig(
+        mcmc=sec.boolean("mcmc", ReferenceConfig.mcmc),
+        num_samples=sec.integer("num_samples", ReferenceConfig.num_samples, minimum=1),
+        seed=sec.integer("seed", ReferenceConfig.seed, minimum=0),
+        num_walkers=sec.integer("num_walkers", minimum=2),
+        max_steps=sec.integer("max_steps", ReferenceConfig.max_steps, minimum=1),
+    )
+
+    sec = _Section(
+        "calibration",
+        data.get("calibration", {}),
+        allowed=("enabled", "num_tests", "num_posterior_samples", "alpha", "seed"),
+    )
+    calibration = CalibrationConfig(
+        enabled=sec.boolean("enabled", CalibrationConfig.enabled),
+        num_tests=sec.integer("num_tests", CalibrationConfig.num_tests, minimum=10),
+        num_posterior_samples=sec.integer("num_posterior_samples", CalibrationConfig.num_posterior_samples, minimum=10),
+        alpha=sec.number("alpha", CalibrationConfig.alpha),
+        seed=sec.integer("seed", CalibrationConfig.seed, minimum=0),
+    )
+    if not 0.0 < calibration.alpha < 1.0:
+        raise ConfigError(f"[calibration] alpha must be in (0, 1), got {calibration.alpha}")
+
     return RunConfig(
         simulator=simulator,
         simulation=simulation,
@@ -418,6 +504,8 @@ def _parse(data: Mapping[str, Any], source: str | None) -> RunConfig:
         observation=observation,
         posterior=posterior,
         output=output,
+        reference=reference,
+        calibration=calibration,
         source=source,
     )
 

@@ -419,3 +419,180 @@ def loss_plot(info: Mapping[str, Any] | Any, path: str | os.PathLike[str] | None
     if path is not None:
         save_figure(fig, path, dpi=dpi)
     return fig
+
+
+# -- calibration ----------------------------------------------------------------------------
+__all__ += ["rank_histogram", "coverage_plot", "tarp_plot"]
+
+
+def _calibration_figure(n_panels: int, *, width: float = 3.2, height: float = 2.8) -> tuple[Figure, list[Any]]:
+    cols = min(n_panels, 4)
+    rows = int(np.ceil(n_panels / cols))
+    fig = Figure(figsize=(width * cols, height * rows))
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n_panels)]
+    return fig, axes
+
+
+def rank_histogram(
+    ranks: ArrayLike,
+    num_posterior_samples: int,
+    *,
+    num_bins: int | None = None,
+    labels: Sequence[str] | None = None,
+    band: float = 0.99,
+    path: str | os.PathLike[str] | None = None,
+    dpi: int = 150,
+) -> Figure:
+    """SBC rank histograms, one panel per parameter, with a binomial band.
+
+    The grey band holds each bin's count with probability ``band`` under a calibrated
+    posterior (``Binomial(m, 1 / num_bins)`` quantiles). A U shape means over-confident (too
+    narrow), a hump under-confident (too wide), a slope biased.
+
+    Args:
+        ranks: ``(m, d)`` ranks in ``0..N`` from :func:`sbikit.diagnostics.run_sbc`.
+        num_posterior_samples: ``N``.
+        num_bins: bins; default ``m // 20`` clipped to ``5..30``, rounded so each bin holds
+            the same number of rank values where possible.
+        labels: ``d`` panel titles.
+        band: probability mass of the band.
+        path: when given, the figure is also written there.
+        dpi: resolution of the written file.
+
+    Returns:
+        The figure.
+    """
+    r = _as_samples(ranks, "ranks")
+    m, dim = r.shape
+    n = int(num_posterior_samples)
+    bins = int(num_bins) if num_bins else int(np.clip(m // 20, 5, 30))
+    bins = min(bins, n + 1)
+    names = _labels(labels, dim)
+    # Bin on the (N + 1) rank values; bins of unequal width get their own expected count.
+    edges = np.linspace(0, n + 1, bins + 1)
+    expected_p = np.diff(np.floor(edges - 1e-9)) / (n + 1)
+    expected_p = np.where(expected_p > 0, expected_p, 1.0 / bins)
+    expected_p = expected_p / expected_p.sum()
+    lo = stats_binom_ppf((1 - band) / 2, m, expected_p)
+    hi = stats_binom_ppf(1 - (1 - band) / 2, m, expected_p)
+    fig, axes = _calibration_figure(dim)
+    for j, ax in enumerate(axes):
+        counts = np.histogram(r[:, j], bins=edges)[0]
+        centers = 0.5 * (edges[:-1] + edges[1:])
+        ax.fill_between(
+            edges, np.append(lo, lo[-1]), np.append(hi, hi[-1]), step="post", color="0.85", label=f"{band:.0%} band"
+        )
+        ax.bar(centers, counts, width=np.diff(edges), color=COLORS[0], alpha=0.8, edgecolor="white")
+        ax.hlines(m * expected_p, edges[:-1], edges[1:], color="0.4", lw=1)
+        ax.set_title(names[j])
+        ax.set_xlabel("rank")
+        ax.set_xlim(0, n + 1)
+    axes[0].set_ylabel("count")
+    axes[0].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path, dpi=dpi)
+    return fig
+
+
+def stats_binom_ppf(q: float, n: int, p: np.ndarray) -> np.ndarray:
+    """Binomial quantile ``(B,)`` for success probabilities ``p`` ``(B,)`` (scipy, imported lazily)."""
+    from scipy import stats
+
+    return stats.binom.ppf(q, n, p)
+
+
+def coverage_plot(
+    result: Any,
+    *,
+    labels: Sequence[str] | None = None,
+    band: float = 0.99,
+    path: str | os.PathLike[str] | None = None,
+    dpi: int = 150,
+) -> Figure:
+    """Expected coverage against credibility level: joint HPD and central per parameter.
+
+    Curves below the diagonal mean over-confident (regions too small), above
+    under-confident. The grey band holds the coverage of a calibrated posterior with
+    probability ``band`` at each level (binomial).
+
+    Args:
+        result: a :class:`sbikit.diagnostics.CoverageResult`.
+        labels: ``d`` names for the central-interval curves.
+        band: probability mass of the band.
+        path: when given, the figure is also written there.
+        dpi: resolution of the written file.
+
+    Returns:
+        The figure (two panels: HPD, central intervals).
+    """
+    from sbikit.diagnostics.coverage import coverage_band
+
+    levels = np.asarray(result.levels, dtype=float)
+    hpd = np.asarray(result.hpd, dtype=float)
+    central = np.asarray(result.central, dtype=float)
+    names = _labels(labels, central.shape[1])
+    lo, hi = coverage_band(levels, result.num_tests, confidence=band)
+    fig, (ax1, ax2) = _calibration_figure(2, width=4.0, height=4.0)
+    for ax in (ax1, ax2):
+        ax.fill_between(levels, lo, hi, color="0.85", label=f"{band:.0%} band")
+        ax.plot([0, 1], [0, 1], color="0.4", lw=1, ls="--")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("credibility level")
+        ax.set_aspect("equal")
+    ax1.plot(levels, hpd, color=COLORS[0], lw=2, label="HPD (joint)")
+    ax1.set_ylabel("expected coverage")
+    ax1.set_title("highest-density regions")
+    for j in range(central.shape[1]):
+        ax2.plot(levels, central[:, j], color=COLORS[j % len(COLORS)], lw=1.5, label=names[j])
+    ax2.set_title("central intervals")
+    ax1.legend(frameon=False, fontsize=8, loc="upper left")
+    ax2.legend(frameon=False, fontsize=8, loc="upper left", ncol=1 if central.shape[1] <= 5 else 2)
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path, dpi=dpi)
+    return fig
+
+
+def tarp_plot(
+    result: Any,
+    *,
+    band: float = 0.99,
+    path: str | os.PathLike[str] | None = None,
+    dpi: int = 150,
+) -> Figure:
+    """The TARP expected-coverage curve against the credibility level ``alpha``.
+
+    Args:
+        result: a :class:`sbikit.diagnostics.TARPResult`.
+        band: probability mass of the binomial band around the diagonal.
+        path: when given, the figure is also written there.
+        dpi: resolution of the written file.
+
+    Returns:
+        The figure.
+    """
+    from sbikit.diagnostics.coverage import coverage_band
+
+    alpha = np.asarray(result.alpha, dtype=float)
+    ecp = np.asarray(result.ecp, dtype=float)
+    m = len(result.fractions)
+    lo, hi = coverage_band(alpha, m, confidence=band)
+    mid = len(alpha) // 2
+    atc = float(((ecp[mid:] - alpha[mid:]) * (alpha[1] - alpha[0])).sum()) if len(alpha) > 1 else 0.0
+    fig, (ax,) = _calibration_figure(1, width=4.2, height=4.2)
+    ax.fill_between(alpha, lo, hi, color="0.85", label=f"{band:.0%} band")
+    ax.plot([0, 1], [0, 1], color="0.4", lw=1, ls="--")
+    ax.plot(alpha, ecp, color=COLORS[1], lw=2, label=f"TARP (ATC {atc:+.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_xlabel("credibility level")
+    ax.set_ylabel("expected coverage")
+    ax.legend(frameon=False, fontsize=8, loc="upper left")
+    fig.tight_layout()
+    if path is not None:
+        save_figure(fig, path, dpi=dpi)
+    return fig

@@ -267,3 +267,115 @@ def test_run_with_a_user_simulator_given_by_import_path(tmp_path, monkeypatch) -
     # An import path that does not resolve is a config error, not a traceback.
     config.write_text(config.read_text().replace("line_sim:Line", "line_sim:Nope"))
     assert main(["run", str(config), "--out", str(tmp_path / "out2"), "--quiet"]) == 2
+
+
+# -- [reference] mcmc = true: emcee reference, comparison and overlay (issue 4) ----------------
+REFERENCE = BASE + textwrap.dedent(
+    """
+    [reference]
+    mcmc = true
+    num_samples = 500
+    seed = 3
+    """
+)
+
+
+def test_run_with_mcmc_reference(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(REFERENCE)
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
+    for name in ("reference_samples.npz", "comparison.json", "comparison.md", "overlay.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    sim = simulators.get("two_moons")
+    with np.load(out / "reference_samples.npz") as data:
+        assert data["samples"].shape == (500, 2)
+        assert data["tau"].shape == (2,) and data["ess"].shape == (2,)
+        low, high = sim.prior.low.numpy(), sim.prior.high.numpy()
+        assert np.all((data["samples"] > low) & (data["samples"] < high))
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert 0.0 <= comparison["comparison"]["c2st"] <= 1.0
+    assert set(comparison["comparison"]["mean_diff"]) == {"theta_1", "theta_2"}
+    assert comparison["reference"]["num_walkers"] >= 4
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reference"]["c2st"] == comparison["comparison"]["c2st"]
+    assert "overlay.png" in summary["files"] and "comparison.md" in summary["files"]
+    assert "C2ST" in (out / "comparison.md").read_text()
+
+
+def test_run_without_reference_writes_no_comparison(smoke_run):
+    out, _, _ = smoke_run
+    assert not (out / "comparison.json").exists()
+    assert json.loads((out / "summary.json").read_text())["reference"] is None
+
+
+def test_reference_config_parsing():
+    cfg = parse_config(tomllib_loads(REFERENCE))
+    assert cfg.reference.mcmc and cfg.reference.num_samples == 500 and cfg.reference.seed == 3
+    assert not parse_config(tomllib_loads(BASE)).reference.mcmc
+    with pytest.raises(ConfigError, match=r"\[reference\] mcmc must be true or false"):
+        parse_config(tomllib_loads(REFERENCE.replace("mcmc = true", 'mcmc = "yes"')))
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) 'walkers' in \[reference\]"):
+        parse_config(tomllib_loads(REFERENCE + "walkers = 4\n"))
+
+
+def test_reference_needs_a_likelihood(tmp_path, capsys, monkeypatch):
+    # A simulator without log_likelihood: the run stops with exit code 2 before training.
+    module = tmp_path / "nolik_sim.py"
+    module.write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from sbikit.priors import BoxUniform
+            from simulators.base import Simulator
+
+            class NoLik(Simulator):
+                name = "nolik"
+
+                def __init__(self):
+                    self.prior = BoxUniform(-torch.ones(2), torch.ones(2))
+                    self.theta_names = ["a", "b"]
+                    self.x_shape = (2,)
+
+                def _simulate(self, theta, rng):
+                    return theta + 0.1 * rng.standard_normal(theta.shape)
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "run.toml"
+    config.write_text(REFERENCE.replace('name = "two_moons"', 'name = "nolik_sim:NoLik"'))
+    assert main(["run", str(config), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "[reference] mcmc = true needs a simulator with an exact log_likelihood" in err
+    assert not (tmp_path / "out" / "posterior.pt").exists()
+
+
+def tomllib_loads(text: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    return tomllib.loads(text)
+
+
+def test_run_with_calibration_writes_the_checks(tmp_path) -> None:
+    config = tmp_path / "calibrated.toml"
+    config.write_text(
+        SMOKE.read_text() + "\n[calibration]\nenabled = true\nnum_tests = 50\nnum_posterior_samples = 100\n"
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
+    for name in ("sbc_ranks.png", "coverage.png", "tarp.png", "calibration.json", "calibration.txt"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert isinstance(summary["calibration"]["passed"], bool)
+    assert summary["calibration"]["num_tests"] == 50
+    assert "calibration.json" in summary["files"]
+
+
+def test_calibration_config_errors(tmp_path, capsys) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(SMOKE.read_text() + "\n[calibration]\nenabled = true\nalpha = 1.5\n")
+    assert main(["run", str(config), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "[calibration] alpha" in capsys.readouterr().err

@@ -191,9 +191,19 @@ def check_coverage(result: CoverageResult, *, alpha: float = 0.01, num_checks: i
     )
     findings = []
     if direction_p < threshold:
-        findings.append(Finding("joint", "HPD coverage", "fraction outside the 50% HPD region", frac, 0.5,
-                                direction_p, direction))
+        findings.append(
+            Finding("joint", "HPD coverage", "fraction outside the 50% HPD region", frac, 0.5, direction_p, direction)
+        )
     if ks < threshold and not direction_p < threshold:
-        findings.append(Finding("joint", "HPD coverage KS", "largest |coverage - level|", dev, 0.0, ks,
-                                "miscalibrated joint coverage (" + direction + ", weak evidence for this direction)"))
+        findings.append(
+            Finding(
+                "joint",
+                "HPD coverage KS",
+                "largest |coverage - level|",
+                dev,
+                0.0,
+                ks,
+                "miscalibrated joint coverage (" + direction + ", weak evidence for this direction)",
+            )
+        )
     return CoverageCheck(ks, direction_p, frac, dev, threshold, findings)

@@ -236,7 +236,9 @@ def check_sbc(
     for j, name in enumerate(names):
         if bias[j] < threshold:
             findings.append(
-                Finding(name, "SBC bias", "fraction of ranks < 1/2", low[j], 0.5, bias[j], _bias_direction(low[j], name))
+                Finding(
+                    name, "SBC bias", "fraction of ranks < 1/2", low[j], 0.5, bias[j], _bias_direction(low[j], name)
+                )
             )
         if disp[j] < threshold:
             findings.append(
@@ -273,4 +275,3 @@ def check_sbc(
         num_tests=total,
         findings=findings,
     )
-

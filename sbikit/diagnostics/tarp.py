@@ -48,7 +48,11 @@ class TARPResult:
     num_posterior_samples: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"alpha": self.alpha.tolist(), "ecp": self.ecp.tolist(), "num_posterior_samples": self.num_posterior_samples}
+        return {
+            "alpha": self.alpha.tolist(),
+            "ecp": self.ecp.tolist(),
+            "num_posterior_samples": self.num_posterior_samples,
+        }
 
 
 @dataclass
@@ -72,7 +76,12 @@ class TARPCheck:
         return not self.findings
 
     def as_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "atc": self.atc, "ks_pvalue": self.ks_pvalue, "findings": [str(f) for f in self.findings]}
+        return {
+            "passed": self.passed,
+            "atc": self.atc,
+            "ks_pvalue": self.ks_pvalue,
+            "findings": [str(f) for f in self.findings],
+        }
 
 
 def run_tarp(
@@ -158,4 +167,3 @@ def check_tarp(result: TARPResult, *, alpha: float = 0.01, num_checks: int = 1) 
             direction = "miscalibrated"
         findings.append(Finding("joint", "TARP KS", "ATC", atc, 0.0, ks, direction))
     return TARPCheck(atc, ks, threshold, findings)
-

@@ -262,7 +262,10 @@ def _build_embedding(cfg: dict[str, Any] | None) -> nn.Module | None:
 
 
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> FlowPosterior:
-    """Load a posterior written by :meth:`FlowPosterior.save`.
+    """Load a posterior written by :meth:`FlowPosterior.save` (or ``NLEPosterior.save``).
+
+    The saved config's ``"kind"`` picks the class: ``"nle_posterior"`` files give an
+    :class:`~sbikit.inference.nle.NLEPosterior`, all others a :class:`FlowPosterior`.
 
     Args:
         path: the file.
@@ -288,6 +291,11 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Fl
     if int(payload.get("version", 0)) > FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer sbikit (format version {payload['version']})")
     cfg = json.loads(payload["config"])
+    if cfg.get("kind") == "nle_posterior":
+        from sbikit.inference.nle import NLEPosterior
+
+        nle = NLEPosterior.from_saved(cfg, payload["state_dict"], json.loads(payload["info"]))
+        return nle.to(device)  # type: ignore[return-value]
     prior = prior_from_config(cfg["prior"])
     flow_cfg = FlowConfig(**cfg["flow"])
     flow = ConditionalFlow(flow_cfg, tuple(cfg["x_shape"]), _build_embedding(cfg.get("embedding")))

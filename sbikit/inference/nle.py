@@ -1,0 +1,404 @@
+"""Neural likelihood estimation (NLE): a conditional flow for ``p(x | theta)``, sampled with emcee.
+
+The estimator is :class:`NLE`; its loss is :func:`nle_loss`, the negative log density of
+the simulations under the flow given their parameters. The flow models the flattened
+``x`` (z-scored) with ``theta`` (z-scored) as context, trained by :func:`sbikit.train.fit`.
+The posterior, :class:`NLEPosterior`, combines the learned likelihood with the prior and
+draws samples with emcee (:func:`sbikit.mcmc.sample_emcee`). Because the likelihood is
+learned per data set, several i.i.d. observations of the same ``theta`` are handled by
+summing their log-likelihoods, without retraining.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sbikit.flows import FLOW_KINDS, ConditionalFlow, build_flow
+from sbikit.priors import Prior, as_prior
+from sbikit.train import fit
+from sbikit.utils import as_float_tensor, drop_nonfinite_rows, resolve_device
+
+if TYPE_CHECKING:
+    from sbikit.mcmc import MCMCResult
+
+__all__ = ["NLE", "NLEPosterior", "nle_loss"]
+
+logger = logging.getLogger(__name__)
+
+# Rows of (theta, x) pairs pushed through the flow at once when evaluating likelihoods.
+_CHUNK = 65_536
+
+
+def nle_loss(flow: ConditionalFlow, x: Tensor, theta: Tensor) -> Tensor:
+    """Mean negative log density ``-log q(x | theta)`` of a batch.
+
+    Args:
+        flow: the conditional flow over flattened ``x``.
+        x: flattened simulations ``(b, k)``.
+        theta: parameters ``(b, d)``.
+
+    Returns:
+        Scalar tensor.
+    """
+    return -flow.log_prob(x, theta).mean()
+
+
+class NLE:
+    """Neural likelihood estimation with a conditional normalizing flow.
+
+    Args:
+        prior: an sbikit prior, a ``torch.distributions`` distribution or sbi's ``BoxUniform``.
+        flow: ``"maf"`` (default), ``"realnvp"`` or ``"nsf"``; ``realnvp`` needs ``x`` with
+            at least 2 entries.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``; where the flow
+            trains and is evaluated (emcee itself runs on the CPU).
+        hidden_features: width of the flow's conditioner networks.
+        num_transforms: number of flow layers.
+        num_bins: spline bins (``nsf`` only).
+        theta_names: optional parameter names carried by the posterior.
+    """
+
+    def __init__(
+        self,
+        prior: Any,
+        flow: str = "maf",
+        device: str | torch.device = "auto",
+        *,
+        hidden_features: int = 64,
+        num_transforms: int = 5,
+        num_bins: int = 8,
+        theta_names: list[str] | None = None,
+    ) -> None:
+        if flow.lower() not in FLOW_KINDS:
+            raise ValueError(f"flow must be one of {FLOW_KINDS}, got {flow!r}")
+        self.prior: Prior = as_prior(prior)
+        self.flow_kind = flow.lower()
+        self.device = resolve_device(device)
+        self.hidden_features = hidden_features
+        self.num_transforms = num_transforms
+        self.num_bins = num_bins
+        self.theta_names = theta_names
+
+    def _prepare(self, theta: Any, x: Any) -> tuple[Tensor, Tensor]:
+        th = as_float_tensor(theta, "theta")
+        xt = as_float_tensor(x, "x")
+        if th.ndim == 1 and self.prior.dim == 1:
+            th = th[:, None]
+        if th.ndim != 2 or th.shape[1] != self.prior.dim:
+            raise ValueError(f"theta must have shape (n, {self.prior.dim}) for this prior, got {tuple(th.shape)}")
+        if xt.ndim == 1:
+            xt = xt[:, None]
+        if len(xt) != len(th):
+            raise ValueError(f"theta and x need the same number of rows, got {len(th)} and {len(xt)}")
+        th, xt = drop_nonfinite_rows(th, xt, stacklevel=4)  # warn at the user's fit() call
+        self.prior.check_support(th)
+        return th, xt
+
+    def fit(
+        self,
+        theta: Any,
+        x: Any,
+        *,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        learning_rate: float = 1e-3,
+        max_epochs: int = 1000,
+        validation_fraction: float = 0.1,
+        patience: int = 20,
+        progress: bool = True,
+    ) -> NLEPosterior:
+        """Train on simulated pairs and return the posterior.
+
+        Args:
+            theta: parameters ``(n, d)`` (numpy or torch), inside the prior support.
+            x: simulations ``(n, *x_shape)``; rows with NaN or inf are dropped with a warning.
+            seed: makes initialisation, validation split and batch order repeatable.
+            batch_size: ``None`` picks :func:`sbikit.train.default_batch_size`.
+            learning_rate: initial Adam learning rate.
+            max_epochs: cap on epochs.
+            validation_fraction: share held out for early stopping.
+            patience: epochs without improvement before stopping.
+            progress: show a progress bar.
+
+        Returns:
+            An :class:`NLEPosterior` on ``self.device``.
+        """
+        th, xt = self._prepare(theta, x)
+        x_shape = tuple(xt.shape[1:])
+        x_flat = xt.reshape(len(xt), -1)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            flow = build_flow(
+                self.flow_kind,
+                x_flat.shape[1],
+                (self.prior.dim,),
+                hidden_features=self.hidden_features,
+                num_transforms=self.num_transforms,
+                num_bins=self.num_bins,
+            )
+        flow.set_standardization(x_flat, th)
+        result = fit(
+            flow,
+            nle_loss,
+            (x_flat, th),
+            seed=seed,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            max_epochs=max_epochs,
+            validation_fraction=validation_fraction,
+            patience=patience,
+            device=self.device,
+            progress=progress,
+            description=f"NLE ({self.flow_kind})",
+        )
+        if not math.isfinite(result.best_val_loss):
+            raise RuntimeError("training diverged: the validation loss is not finite")
+        info = {"method": "NLE", "num_simulations": len(th), **result.to_dict()}
+        return NLEPosterior(flow, self.prior, x_shape, info=info, theta_names=self.theta_names)
+
+
+class NLEPosterior:
+    """Posterior ``p(theta | x) ∝ q(x | theta) p(theta)`` from a learned likelihood, sampled with emcee.
+
+    Args:
+        flow: trained flow over flattened ``x`` (``(k,)``, ``k = prod(x_shape)``) given
+            ``theta`` (``(d,)``).
+        prior: the prior used in training.
+        x_shape: shape of one observation.
+        info: JSON-able training record.
+        theta_names: optional parameter names.
+    """
+
+    def __init__(
+        self,
+        flow: ConditionalFlow,
+        prior: Prior,
+        x_shape: tuple[int, ...],
+        *,
+        info: dict[str, Any] | None = None,
+        theta_names: list[str] | None = None,
+    ) -> None:
+        self.flow = flow.eval()
+        self.prior = prior
+        self.x_shape = tuple(int(s) for s in x_shape)
+        self.info = dict(info or {})
+        self.theta_names = list(theta_names) if theta_names else [f"theta_{i}" for i in range(prior.dim)]
+
+    @property
+    def dim(self) -> int:
+        """Number of parameters ``d``."""
+        return self.prior.dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.flow.y_shift.device
+
+    def to(self, device: str | torch.device) -> NLEPosterior:
+        """Move the flow to ``device`` (in place) and return self."""
+        self.flow.to(resolve_device(device))
+        return self
+
+    # -- observations ---------------------------------------------------------------------
+    def _observations(self, x: Any) -> Tensor:
+        """``x_shape`` or ``(k, *x_shape)`` -> flattened ``(k, prod(x_shape))`` on the device."""
+        if x is None:
+            raise ValueError(f"x is required: pass an observation of shape {self.x_shape} or (k, *{self.x_shape})")
+        xt = as_float_tensor(x, "x")
+        if self.x_shape == (1,) and xt.ndim <= 1:
+            xt = xt.reshape(-1, 1)
+        if tuple(xt.shape) == self.x_shape:
+            xt = xt[None]
+        elif not (xt.ndim == len(self.x_shape) + 1 and tuple(xt.shape[1:]) == self.x_shape and len(xt) >= 1):
+            raise ValueError(
+                f"x must have shape {self.x_shape} (one observation) or (k, *{self.x_shape}) "
+                f"(k i.i.d. observations of the same theta), got {tuple(xt.shape)}"
+            )
+        if not bool(torch.isfinite(xt).all()):
+            raise ValueError("x holds NaN or inf; observations must be finite")
+        return xt.reshape(len(xt), -1).to(self.device)
+
+    def _theta(self, theta: Any) -> tuple[Tensor, bool]:
+        th = as_float_tensor(theta, "theta")
+        given = tuple(th.shape)
+        if self.dim == 1 and th.ndim == 1:
+            return th[:, None], False
+        single = th.ndim == 1
+        th = th.reshape(1, -1) if single else th
+        if th.ndim != 2 or th.shape[-1] != self.dim:
+            raise ValueError(f"theta must have shape (n, {self.dim}) or ({self.dim},), got {given}")
+        return th, single
+
+    @torch.no_grad()
+    def _summed_log_likelihood(self, theta: Tensor, xs: Tensor) -> Tensor:
+        """``sum_i log q(x_i | theta)`` for ``theta`` ``(n, d)`` and ``xs`` ``(k, m)`` -> ``(n,)``."""
+        theta = theta.to(self.device, torch.float32)
+        out = torch.zeros(len(theta), device=self.device)
+        per = max(1, _CHUNK // len(xs))
+        for i in range(0, len(theta), per):
+            th = theta[i : i + per]
+            ctx = th.repeat_interleave(len(xs), dim=0)
+            xr = xs.repeat(len(th), 1)
+            out[i : i + per] = self.flow.log_prob(xr, ctx).reshape(len(th), len(xs)).sum(1)
+        return out
+
+    # -- density ------------------------------------------------------------------------
+    def log_likelihood(self, theta: Any, x: Any) -> Tensor:
+        """Learned log-likelihood ``sum_i log q(x_i | theta)``.
+
+        Args:
+            theta: ``(n, d)`` or ``(d,)``.
+            x: one observation ``x_shape`` or ``k`` i.i.d. ones ``(k, *x_shape)``.
+
+        Returns:
+            ``(n,)`` (0-d for a single ``theta``), CPU float32.
+        """
+        th, single = self._theta(theta)
+        ll = self._summed_log_likelihood(th, self._observations(x)).cpu()
+        return ll[0] if single else ll
+
+    def log_prob(self, theta: Any, x: Any) -> Tensor:
+        """Unnormalised posterior log density ``sum_i log q(x_i | theta) + log p(theta)``.
+
+        The evidence is unknown, so this differs from ``log p(theta | x)`` by a constant
+        (the same for every ``theta`` at a given ``x``); good for ratios and MCMC, not for
+        comparing absolute values across observations.
+
+        Args:
+            theta: ``(n, d)`` or ``(d,)``.
+            x: one observation ``x_shape`` or ``k`` i.i.d. ones ``(k, *x_shape)``.
+
+        Returns:
+            ``(n,)`` (0-d for a single ``theta``); ``-inf`` outside the prior support.
+        """
+        th, single = self._theta(theta)
+        xs = self._observations(x)
+        inside = self.prior.in_support(th)
+        lp = torch.full((len(th),), -math.inf)
+        if bool(inside.any()):
+            lp[inside] = self._summed_log_likelihood(th[inside], xs).cpu() + self.prior.log_prob(th[inside]).float()
+        return lp[0] if single else lp
+
+    # -- sampling -----------------------------------------------------------------------
+    def sample_mcmc(
+        self,
+        n: int,
+        x: Any,
+        seed: int | None = None,
+        *,
+        num_walkers: int | None = None,
+        max_steps: int = 20_000,
+        progress: bool = False,
+    ) -> MCMCResult:
+        """Run emcee on the learned likelihood and return samples with diagnostics.
+
+        Args:
+            n: samples to return.
+            x: one observation ``x_shape`` or ``k`` i.i.d. ones ``(k, *x_shape)``.
+            seed: makes the chain repeatable.
+            num_walkers: ensemble size; default ``max(32, 4 d)``.
+            max_steps: cap on the chain length (a warning says when the chain is shorter
+                than 50 autocorrelation times); lower than for
+                :func:`~sbikit.mcmc.reference_posterior` because every step evaluates the flow.
+            progress: emcee's progress bar.
+
+        Returns:
+            An :class:`~sbikit.mcmc.MCMCResult` (``samples`` ``(n, d)``).
+        """
+        from sbikit.mcmc import sample_emcee  # emcee and scipy load on first use
+
+        xs = self._observations(x)
+
+        def log_likelihood(theta: np.ndarray) -> np.ndarray:
+            th = torch.from_numpy(np.ascontiguousarray(theta, dtype=np.float32))
+            return self._summed_log_likelihood(th, xs).cpu().double().numpy()
+
+        result = sample_emcee(
+            log_likelihood,
+            self.prior,
+            n,
+            num_walkers=num_walkers,
+            seed=seed,
+            max_steps=max_steps,
+            progress=progress,
+        )
+        result.info["num_observations"] = len(xs)
+        return result
+
+    def sample(self, n: int, x: Any, seed: int | None = None, **mcmc_kwargs: Any) -> Tensor:
+        """Draw posterior samples with emcee.
+
+        Args:
+            n: number of samples.
+            x: one observation ``x_shape`` or ``k`` i.i.d. observations of the same
+                ``theta`` ``(k, *x_shape)`` (log-likelihoods summed). Unlike NPE there is
+                no batch of independent observations: sample each one separately.
+            seed: makes the draws repeatable.
+            **mcmc_kwargs: ``num_walkers``, ``max_steps``, ``progress`` of :meth:`sample_mcmc`.
+
+        Returns:
+            ``(n, d)`` CPU float32, inside the prior support.
+        """
+        return self.sample_mcmc(n, x, seed, **mcmc_kwargs).samples
+
+    # -- persistence --------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """JSON-able description from which :func:`sbikit.load` rebuilds the posterior."""
+        return {
+            "kind": "nle_posterior",
+            "prior": self.prior.to_config(),
+            "flow": self.flow.config.to_dict(),
+            "x_shape": list(self.x_shape),
+            "theta_names": self.theta_names,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the posterior to ``path`` (atomically), in the format of :func:`sbikit.load`."""
+        from sbikit.inference.posterior import FORMAT, FORMAT_VERSION
+
+        path = Path(path)
+        payload = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "config": json.dumps(self.config()),
+            "info": json.dumps(self.info),
+            "state_dict": {k: v.detach().cpu() for k, v in self.flow.state_dict().items()},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(payload, tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    @classmethod
+    def from_saved(cls, config: dict[str, Any], state_dict: dict[str, Tensor], info: dict[str, Any]) -> NLEPosterior:
+        """Rebuild from the parts of a saved file (used by :func:`sbikit.load`)."""
+        from sbikit.flows import FlowConfig
+        from sbikit.priors import prior_from_config
+
+        prior = prior_from_config(config["prior"])
+        flow = ConditionalFlow(FlowConfig(**config["flow"]), (prior.dim,))
+        flow.load_state_dict(state_dict)
+        return cls(flow, prior, tuple(config["x_shape"]), info=info, theta_names=config.get("theta_names"))
+
+    def __repr__(self) -> str:
+        return (
+            f"NLEPosterior(flow={self.flow.config.kind}, d={self.dim}, x_shape={self.x_shape}, "
+            f"prior={self.prior!r}, device={self.device})"
+        )
