@@ -57,7 +57,7 @@ class FlowPosterior:
         self.prior = prior
         self.x_shape = tuple(int(s) for s in x_shape)
         self.info = dict(info or {})
-        self.theta_names = list(theta_names) if theta_names else [f"theta_{i}" for i in range(prior.dim)]
+        self.theta_names = list(theta_names) if theta_names else [f"theta_{i + 1}" for i in range(prior.dim)]
 
     @property
     def dim(self) -> int:
