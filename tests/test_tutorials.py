@@ -25,6 +25,8 @@ EXPECTED_FIGURES: dict[str, list[str]] = {
         "two_moons_corner.png",
         "two_moons_vs_exact.png",
     ],
+    "02_mcmc_comparison.py": ["supernova_overlay.png", "supernova_three_observations.png"],
+    "03_calibration.py": ["ranks_0.png", "coverage_0.png", "tarp_0.png", "two_moons_vs_exact.png"],
 }
 
 TIMEOUT_S = 300
