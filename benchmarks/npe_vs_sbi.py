@@ -3,7 +3,8 @@
 For every task and simulation budget, one training set ``theta ~ prior``, ``x ~ simulator``
 is drawn (seeded) and given to each method with its defaults:
 
-* ``sbikit``: ``sbikit.NPE(prior).fit(theta, x, seed=0)``;
+* ``sbikit``: ``sbikit.NPE(prior).fit(theta, x, seed=0)`` (all defaults);
+* ``sbikit-maf`` / ``sbikit-nsf``: the same with ``flow="maf"`` / ``flow="nsf"``;
 * ``sbi-maf``: ``sbi.inference.NPE(prior, density_estimator="maf").train()``;
 * ``sbi-nsf``: the same with ``density_estimator="nsf"``.
 
@@ -52,7 +53,7 @@ from references import TASKS, load_reference  # noqa: E402
 import sbikit  # noqa: E402
 from sbikit.diagnostics.c2st import c2st  # noqa: E402
 
-METHODS = ("sbikit", "sbi-maf", "sbi-nsf")
+METHODS = ("sbikit", "sbikit-maf", "sbikit-nsf", "sbi-maf", "sbi-nsf")
 NUM_SAMPLES = 10_000
 
 
@@ -77,15 +78,16 @@ def sbi_prior(task: str):
     return torch.distributions.MultivariateNormal(p.mean.float(), p.cov.float())
 
 
-def run_sbikit(task: str, theta: torch.Tensor, x: torch.Tensor, seed: int):
+def run_sbikit(task: str, theta: torch.Tensor, x: torch.Tensor, seed: int, **npe_kwargs):
     sim = simulators.get(task)
-    t = time.perf_counter()
-    posterior = sbikit.NPE(sim.prior, device="cpu").fit(theta, x, seed=seed, progress=False)
-    train_time = time.perf_counter() - t
+    t, c = time.perf_counter(), time.process_time()
+    posterior = sbikit.NPE(sim.prior, device="cpu", **npe_kwargs).fit(theta, x, seed=seed, progress=False)
+    train_time = (time.perf_counter() - t, time.process_time() - c)
 
     def sample(x_o: np.ndarray, i: int) -> np.ndarray:
         return posterior.sample(NUM_SAMPLES, x=torch.as_tensor(x_o), seed=seed + i).numpy()
 
+    sample.config = {**posterior.flow.config.to_dict(), "best_epoch": posterior.info["best_epoch"]}
     return train_time, int(posterior.info["epochs"]), sample
 
 
@@ -95,9 +97,9 @@ def run_sbi(task: str, theta: torch.Tensor, x: torch.Tensor, seed: int, estimato
     torch.manual_seed(seed)
     inference = SbiNPE(prior=sbi_prior(task), density_estimator=estimator, show_progress_bars=False)
     inference.append_simulations(theta, x)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     density_estimator = inference.train()
-    train_time = time.perf_counter() - t
+    train_time = (time.perf_counter() - t, time.process_time() - c)
     posterior = inference.build_posterior(density_estimator)
     epochs = int(inference._summary["epochs_trained"][-1])  # sbi keeps it in a private dict
 
@@ -114,27 +116,33 @@ def run_one(task: str, n: int, method: str, num_obs: int, seed: int) -> dict:
     ref = load_reference(task)
     if method == "sbikit":
         train_time, epochs, sample = run_sbikit(task, theta, x, seed)
+    elif method in ("sbikit-maf", "sbikit-nsf"):
+        train_time, epochs, sample = run_sbikit(task, theta, x, seed, flow=method[7:])
     elif method.startswith("sbi-"):
         train_time, epochs, sample = run_sbi(task, theta, x, seed, method[4:])
     else:
         raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-    scores, sample_time = [], 0.0
+    scores, sample_time, sample_cpu = [], 0.0, 0.0
     for i in range(num_obs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         s = sample(ref["x_o"][i], i)
         sample_time += time.perf_counter() - t
+        sample_cpu += time.process_time() - c
         scores.append(c2st(s, ref["samples"][i], seed=0))
     return {
         "task": task,
         "num_simulations": n,
         "method": method,
-        "train_time_s": train_time,
+        "train_time_s": train_time[0],
+        "train_cpu_s": train_time[1],
         "epochs": epochs,
         "samples_per_s": num_obs * NUM_SAMPLES / sample_time,
+        "samples_per_cpu_s": num_obs * NUM_SAMPLES / sample_cpu,
         "c2st": scores,
         "c2st_mean": float(np.mean(scores)),
         "c2st_std": float(np.std(scores)),
         "num_obs": num_obs,
+        "config": getattr(sample, "config", None),
         "machine": machine(),
     }
 
@@ -165,19 +173,31 @@ def report(paths: list[str]) -> str:
                 r = json.loads(line)
                 rows[(r["task"], r["num_simulations"], r["method"])] = r
     out = [
-        "| task | sims | method | C2ST mean ± std | train time (s) | epochs | time / sbi-maf | samples/s | samples/s ÷ sbi-maf |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| task | sims | method | C2ST mean ± std | train wall (s) | train CPU (s) | epochs "
+        "| train time ÷ sbi-maf | samples/s | samples/s ÷ sbi-maf |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = {m: i for i, m in enumerate(METHODS)}
     task_order = {t: i for i, t in enumerate(TASKS)}
+
+    def cost(r: dict) -> tuple[float, str]:
+        # CPU time when both records have it (fair on a shared machine), else wall time.
+        return (r["train_cpu_s"], "cpu") if "train_cpu_s" in r else (r["train_time_s"], "wall")
+
     for key in sorted(rows, key=lambda k: (task_order.get(k[0], 99), k[1], order.get(k[2], 99))):
         r = rows[key]
         base = rows.get((key[0], key[1], "sbi-maf"))
-        ratio = f"{r['train_time_s'] / base['train_time_s']:.2f}" if base else "–"
-        sratio = f"{r['samples_per_s'] / base['samples_per_s']:.1f}" if base else "–"
+        ratio = sratio = "–"
+        if base:
+            (a, ka), (b, kb) = cost(r), cost(base)
+            if ka != kb:
+                a, b, ka = r["train_time_s"], base["train_time_s"], "wall"
+            ratio = f"{a / b:.2f} ({ka})"
+            sratio = f"{r['samples_per_s'] / base['samples_per_s']:.1f}"
+        cpu = f"{r['train_cpu_s']:.1f}" if "train_cpu_s" in r else "–"
         out.append(
             f"| {r['task']} | {r['num_simulations']} | {r['method']} | {r['c2st_mean']:.3f} ± {r['c2st_std']:.3f} "
-            f"| {r['train_time_s']:.1f} | {r['epochs']} | {ratio} | {r['samples_per_s']:.0f} | {sratio} |"
+            f"| {r['train_time_s']:.1f} | {cpu} | {r['epochs']} | {ratio} | {r['samples_per_s']:.0f} | {sratio} |"
         )
     return "\n".join(out)
 

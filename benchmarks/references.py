@@ -166,11 +166,71 @@ def load_reference(task: str) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+def _grid_moments(task: str, x_o: np.ndarray, n_grid: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """Posterior mean and covariance of a 2-d task by quadrature of likelihood x prior."""
+    sim = simulators.get(task)
+    lo, hi = sim.prior.low.double().numpy(), sim.prior.high.double().numpy()
+    g0 = np.linspace(lo[0], hi[0], n_grid + 1)
+    g1 = np.linspace(lo[1], hi[1], n_grid + 1)
+    c0, c1 = 0.5 * (g0[1:] + g0[:-1]), 0.5 * (g1[1:] + g1[:-1])
+    th = np.stack(np.meshgrid(c0, c1, indexing="ij"), -1).reshape(-1, 2)
+    lp = np.asarray(sim.log_likelihood(th, np.broadcast_to(x_o, th.shape)), dtype=np.float64)
+    w = np.exp(lp - lp.max())
+    w /= w.sum()
+    mean = w @ th
+    cov = (th - mean).T @ ((th - mean) * w[:, None])
+    return mean, cov
+
+
+def check(task: str) -> None:
+    """Compare the cached reference with an independent computation from the likelihood.
+
+    2-d tasks: posterior mean and covariance by quadrature on a 2000 x 2000 grid of
+    ``log_likelihood`` (uniform prior) against the samples' moments; the tolerance is 5
+    Monte Carlo standard errors (``sqrt(var / 10,000)``) plus the grid's resolution.
+    gaussian_linear: analytic moments. slcp: a second chain with another seed must be
+    indistinguishable by C2ST (2,000 vs 2,000 samples, threshold 0.55 ~ 0.5 + 4.5 sd of
+    the null accuracy), and the log-likelihood of every sample must be finite.
+    """
+    from sbikit.diagnostics.c2st import c2st
+
+    ref = load_reference(task)
+    sim = simulators.get(task)
+    for i in range(NUM_OBS):
+        s = ref["samples"][i].astype(np.float64)
+        x_o = ref["x_o"][i].astype(np.float64)
+        mean_s, cov_s = s.mean(0), np.cov(s.T)
+        if task == "gaussian_linear":
+            m, c = (t.numpy() for t in sim.posterior_mean_cov(x_o))
+        elif task == "slcp":
+            other, _ = reference_samples(task, x_o, 2000, seed=999 + i)
+            score = c2st(other, s[:2000])
+            ll = sim.log_likelihood(s, np.broadcast_to(x_o, (len(s), len(x_o))))
+            ok = score < 0.55 and bool(np.isfinite(ll).all())
+            print(f"{task} obs {i}: C2ST(chain seed 999, reference) = {score:.3f}, finite loglik: "
+                  f"{bool(np.isfinite(ll).all())} -> {'ok' if ok else 'FAIL'}", flush=True)
+            continue
+        else:
+            m, c = _grid_moments(task, x_o)
+        se = np.sqrt(np.diag(cov_s) / len(s))
+        res = 0.0 if task == "gaussian_linear" else float((sim.prior.high - sim.prior.low).max()) / 2000
+        dev = np.abs(mean_s - m) / (5 * se + res)
+        sd_ratio = np.sqrt(np.diag(cov_s) / np.diag(c))
+        ok = bool((dev < 1).all() and (np.abs(sd_ratio - 1) < 0.05).all())
+        print(f"{task} obs {i}: |mean dev| / tol = {np.round(dev, 2).tolist()}, "
+              f"sd ratio = {np.round(sd_ratio, 3).tolist()} -> {'ok' if ok else 'FAIL'}", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tasks", nargs="+", default=list(TASKS))
+    p.add_argument("--check", action="store_true", help="check the cached references instead of building")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.check:
+        for task in args.tasks:
+            check(task)
+        return
     for task in args.tasks:
         t = time.perf_counter()
         path = build(task)

@@ -69,8 +69,15 @@ class FitResult:
 
 
 def default_batch_size(num_train: int) -> int:
-    """Batches of 512, smaller for small data so an epoch has at least ~16 steps (min 32)."""
-    return int(max(32, min(512, num_train // 16)))
+    """Batches of 128, smaller for small data so an epoch has at least ~16 steps (min 32).
+
+    What limits the accuracy of small flows on simulation budgets of 10^3 to 10^5 is the
+    number of optimiser steps, and a step costs mostly per-operation overhead (a batch of
+    128 takes about 2/3 of the time of one of 512). On two_moons with 10^4 simulations,
+    batches of 128 instead of 512 reached a validation loss of -0.57 instead of -0.24 nats
+    and a C2ST of 0.63 instead of 0.69 for 1.3x the wall time (see docs/defaults.md).
+    """
+    return int(max(32, min(128, num_train // 16)))
 
 
 def fit(
@@ -218,7 +225,7 @@ def _fit(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
-    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    opt = _adamw(params, learning_rate, weight_decay)
 
     result = FitResult()
     best = math.inf
@@ -284,6 +291,20 @@ def _fit(
         result.best_epoch,
     )
     return result
+
+
+def _adamw(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW, fused into one kernel per step where torch supports it.
+
+    The flows trained here are small, so a step is dominated by per-operation overhead; the
+    fused update replaces ~10 small operations per parameter tensor by one call and made a
+    MAF step on 2 parameters ~25% faster on a CPU core. Falls back to the default
+    implementation where fusing is unavailable (e.g. float64 on old torch versions).
+    """
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 @torch.no_grad()

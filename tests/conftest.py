@@ -22,3 +22,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def two_moons_npe() -> tuple:
+    """A default NPE trained once on 10^4 two-moons simulations (seeds 0/1, training seed 0).
+
+    Shared by the accuracy tests (test_npe.py) and the calibration test (test_testing.py):
+    training dominates their run time.
+    """
+    import sbikit
+    import simulators
+
+    sim = simulators.get("two_moons")
+    theta = sim.prior.sample(10_000, seed=0)
+    x = sim.simulate(theta, seed=1)
+    return sim, sbikit.NPE(sim.prior, device="cpu").fit(theta, x, seed=0, progress=False)

@@ -52,11 +52,8 @@ def gaussian_linear_run() -> tuple[simulators.Simulator, sbikit.FlowPosterior]:
 
 
 @pytest.fixture(scope="module")
-def two_moons_run() -> tuple[simulators.Simulator, sbikit.FlowPosterior]:
-    sim = simulators.get("two_moons")
-    theta = sim.prior.sample(10_000, seed=0)
-    x = sim.simulate(theta, seed=1)
-    return sim, sbikit.NPE(sim.prior, device="cpu").fit(theta, x, seed=0, progress=False)
+def two_moons_run(two_moons_npe) -> tuple[simulators.Simulator, sbikit.FlowPosterior]:
+    return two_moons_npe  # trained once per session, see conftest.py
 
 
 GAUSSIAN_LINEAR_MAX_C2ST = 0.6

@@ -14,7 +14,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import sbikit
 import simulators
 from sbikit.testing import GaussianPosterior, assert_calibrated, assert_posterior_close
 
@@ -79,7 +78,7 @@ def test_assert_posterior_close():
 
 
 @pytest.mark.slow
-def test_npe_two_moons_is_calibrated():
+def test_npe_two_moons_is_calibrated(two_moons_npe):
     """A default NPE trained on 10^4 two-moons simulations passes assert_calibrated.
 
     300 test pairs x 300 samples, where the checks reject every d=2 control on 100/100
@@ -88,10 +87,7 @@ def test_npe_two_moons_is_calibrated():
     did not: the chi-square test caught a small miscalibration from ~150 pairs on.
     Training dominates this test's run time (about 1 minute on one core).
     """
-    sim = simulators.get("two_moons")
-    theta = sim.prior.sample(10_000, seed=0)
-    x = sim.simulate(theta, seed=1)
-    posterior = sbikit.NPE(sim.prior).fit(theta, x, seed=0, progress=False)
+    sim, posterior = two_moons_npe
     summary = assert_calibrated(posterior, sim, num_tests=300, num_posterior_samples=300, alpha=0.01, seed=0)
     assert summary.passed
 
