@@ -47,10 +47,10 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 sys.path.insert(0, str(ROOT))
 
-import simulators  # noqa: E402
 from references import TASKS, load_reference  # noqa: E402
 
 import sbikit  # noqa: E402
+import simulators  # noqa: E402
 from sbikit.diagnostics.c2st import c2st  # noqa: E402
 
 METHODS = ("sbikit", "sbikit-maf", "sbikit-nsf", "sbi-maf", "sbi-nsf")

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["resolve_device", "as_float_tensor", "drop_nonfinite_rows", "check_x_shape"]
+__all__ = ["resolve_device", "as_float_tensor", "drop_nonfinite_rows", "check_x_shape", "prepare_training_pairs"]
 
 logger = logging.getLogger("sbikit")
 
@@ -89,3 +89,35 @@ def check_x_shape(x: Tensor, x_shape: tuple[int, ...], name: str = "x") -> bool:
         f"{name} must have shape {tuple(x_shape)} (one observation) or (m, {', '.join(map(str, x_shape))}) "
         f"(a batch), got {shape}"
     )
+
+
+def prepare_training_pairs(prior: Any, theta: Any, x: Any, *, stacklevel: int = 3) -> tuple[Tensor, Tensor]:
+    """Validate simulated pairs for training: shapes, finiteness, prior support.
+
+    Args:
+        prior: an sbikit prior (``dim``, ``check_support``).
+        theta: ``(n, d)`` (``(n,)`` for a one-parameter prior), numpy or torch.
+        x: ``(n, *x_shape)`` (``(n,)`` is read as ``(n, 1)``).
+        stacklevel: ``warnings.warn`` stack level of the dropped-rows warning, counted from
+            this function (3 points at the caller of the caller, e.g. the user's ``fit``).
+
+    Returns:
+        ``(theta, x)`` as float32 CPU tensors without the rows whose ``x`` holds NaN or inf.
+
+    Raises:
+        ValueError: on a wrong shape, mismatched rows, non-finite theta, no finite row
+            left, or theta outside the prior support (the message names the bounds).
+    """
+    th = as_float_tensor(theta, "theta")
+    xt = as_float_tensor(x, "x")
+    if th.ndim == 1 and prior.dim == 1:
+        th = th[:, None]
+    if th.ndim != 2 or th.shape[1] != prior.dim:
+        raise ValueError(f"theta must have shape (n, {prior.dim}) for this prior, got {tuple(th.shape)}")
+    if xt.ndim == 1:
+        xt = xt[:, None]
+    if len(xt) != len(th):
+        raise ValueError(f"theta and x need the same number of rows, got {len(th)} and {len(xt)}")
+    th, xt = drop_nonfinite_rows(th, xt, stacklevel=stacklevel + 1)
+    prior.check_support(th)
+    return th, xt

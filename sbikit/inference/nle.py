@@ -26,7 +26,7 @@ from torch import Tensor
 from sbikit.flows import FLOW_KINDS, ConditionalFlow, build_flow
 from sbikit.priors import Prior, as_prior
 from sbikit.train import fit
-from sbikit.utils import as_float_tensor, drop_nonfinite_rows, resolve_device
+from sbikit.utils import as_float_tensor, prepare_training_pairs, resolve_device
 
 if TYPE_CHECKING:
     from sbikit.mcmc import MCMCResult
@@ -89,21 +89,6 @@ class NLE:
         self.num_bins = num_bins
         self.theta_names = theta_names
 
-    def _prepare(self, theta: Any, x: Any) -> tuple[Tensor, Tensor]:
-        th = as_float_tensor(theta, "theta")
-        xt = as_float_tensor(x, "x")
-        if th.ndim == 1 and self.prior.dim == 1:
-            th = th[:, None]
-        if th.ndim != 2 or th.shape[1] != self.prior.dim:
-            raise ValueError(f"theta must have shape (n, {self.prior.dim}) for this prior, got {tuple(th.shape)}")
-        if xt.ndim == 1:
-            xt = xt[:, None]
-        if len(xt) != len(th):
-            raise ValueError(f"theta and x need the same number of rows, got {len(th)} and {len(xt)}")
-        th, xt = drop_nonfinite_rows(th, xt, stacklevel=4)  # warn at the user's fit() call
-        self.prior.check_support(th)
-        return th, xt
-
     def fit(
         self,
         theta: Any,
@@ -133,7 +118,7 @@ class NLE:
         Returns:
             An :class:`NLEPosterior` on ``self.device``.
         """
-        th, xt = self._prepare(theta, x)
+        th, xt = prepare_training_pairs(self.prior, theta, x)  # warns at the user's fit()
         x_shape = tuple(xt.shape[1:])
         x_flat = xt.reshape(len(xt), -1)
         with torch.random.fork_rng(devices=[]):
