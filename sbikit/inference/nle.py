@@ -11,12 +11,8 @@ summing their log-likelihoods, without retraining.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +20,7 @@ import torch
 from torch import Tensor
 
 from sbikit.flows import FLOW_KINDS, ConditionalFlow, build_flow
+from sbikit.inference.posterior import TrainedFlowModel
 from sbikit.priors import Prior, as_prior
 from sbikit.train import fit
 from sbikit.utils import as_float_tensor, prepare_training_pairs, resolve_device
@@ -153,7 +150,7 @@ class NLE:
         return NLEPosterior(flow, self.prior, x_shape, info=info, theta_names=self.theta_names)
 
 
-class NLEPosterior:
+class NLEPosterior(TrainedFlowModel):
     """Posterior ``p(theta | x) ∝ q(x | theta) p(theta)`` from a learned likelihood, sampled with emcee.
 
     Args:
@@ -164,35 +161,6 @@ class NLEPosterior:
         info: JSON-able training record.
         theta_names: optional parameter names.
     """
-
-    def __init__(
-        self,
-        flow: ConditionalFlow,
-        prior: Prior,
-        x_shape: tuple[int, ...],
-        *,
-        info: dict[str, Any] | None = None,
-        theta_names: list[str] | None = None,
-    ) -> None:
-        self.flow = flow.eval()
-        self.prior = prior
-        self.x_shape = tuple(int(s) for s in x_shape)
-        self.info = dict(info or {})
-        self.theta_names = list(theta_names) if theta_names else [f"theta_{i + 1}" for i in range(prior.dim)]
-
-    @property
-    def dim(self) -> int:
-        """Number of parameters ``d``."""
-        return self.prior.dim
-
-    @property
-    def device(self) -> torch.device:
-        return self.flow.y_shift.device
-
-    def to(self, device: str | torch.device) -> NLEPosterior:
-        """Move the flow to ``device`` (in place) and return self."""
-        self.flow.to(resolve_device(device))
-        return self
 
     # -- observations ---------------------------------------------------------------------
     def _observations(self, x: Any) -> Tensor:
@@ -347,30 +315,6 @@ class NLEPosterior:
             "theta_names": self.theta_names,
         }
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the posterior to ``path`` (atomically), in the format of :func:`sbikit.load`."""
-        from sbikit.inference.posterior import FORMAT, FORMAT_VERSION
-
-        path = Path(path)
-        payload = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "config": json.dumps(self.config()),
-            "info": json.dumps(self.info),
-            "state_dict": {k: v.detach().cpu() for k, v in self.flow.state_dict().items()},
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
-
     @classmethod
     def from_saved(cls, config: dict[str, Any], state_dict: dict[str, Tensor], info: dict[str, Any]) -> NLEPosterior:
         """Rebuild from the parts of a saved file (used by :func:`sbikit.load`)."""
@@ -381,9 +325,3 @@ class NLEPosterior:
         flow = ConditionalFlow(FlowConfig(**config["flow"]), (prior.dim,))
         flow.load_state_dict(state_dict)
         return cls(flow, prior, tuple(config["x_shape"]), info=info, theta_names=config.get("theta_names"))
-
-    def __repr__(self) -> str:
-        return (
-            f"NLEPosterior(flow={self.flow.config.kind}, d={self.dim}, x_shape={self.x_shape}, "
-            f"prior={self.prior!r}, device={self.device})"
-        )

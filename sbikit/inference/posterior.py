@@ -27,21 +27,24 @@ from sbikit.flows import ConditionalFlow, FlowConfig
 from sbikit.priors import Prior, make_generator, prior_from_config
 from sbikit.utils import as_float_tensor, check_x_shape, resolve_device
 
-__all__ = ["FlowPosterior", "load", "FORMAT"]
+__all__ = ["TrainedFlowModel", "FlowPosterior", "load", "FORMAT"]
 
 FORMAT = "sbikit-posterior"
 FORMAT_VERSION = 1
 
 
-class FlowPosterior:
-    """Posterior ``p(theta | x)`` given by a conditional flow in unconstrained space.
+class TrainedFlowModel:
+    """State shared by the posteriors sbikit returns: a trained flow, its prior, the
+    observation shape, the training record; device moves and (atomic) saving.
+
+    Subclasses implement ``config()``, whose ``"kind"`` tells :func:`load` what to rebuild.
 
     Args:
-        flow: trained flow over ``u`` (``(d,)``) given ``x`` (``x_shape``).
-        prior: the prior used in training; defines the support and the bijection.
+        flow: the trained flow.
+        prior: the prior used in training; defines the support.
         x_shape: shape of one observation.
         info: JSON-able training record (losses, epochs, times).
-        theta_names: optional parameter names.
+        theta_names: optional parameter names (default ``theta_1 ... theta_d``).
     """
 
     def __init__(
@@ -68,10 +71,53 @@ class FlowPosterior:
     def device(self) -> torch.device:
         return self.flow.y_shift.device
 
-    def to(self, device: str | torch.device) -> FlowPosterior:
+    def to(self, device: str | torch.device) -> TrainedFlowModel:
         """Move the flow to ``device`` (in place) and return self."""
         self.flow.to(resolve_device(device))
         return self
+
+    def config(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the model to ``path`` (atomically: a temporary file, then a rename)."""
+        path = Path(path)
+        payload = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "config": json.dumps(self.config()),
+            "info": json.dumps(self.info),
+            "state_dict": {k: v.detach().cpu() for k, v in self.flow.state_dict().items()},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(payload, tmp)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return path
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(flow={self.flow.config.kind}, d={self.dim}, x_shape={self.x_shape}, "
+            f"prior={self.prior!r}, device={self.device})"
+        )
+
+
+class FlowPosterior(TrainedFlowModel):
+    """Posterior ``p(theta | x)`` given by a conditional flow in unconstrained space.
+
+    Args:
+        flow: trained flow over ``u`` (``(d,)``) given ``x`` (``x_shape``).
+        prior: the prior used in training; defines the support and the bijection.
+        x_shape: shape of one observation.
+        info: JSON-able training record (losses, epochs, times).
+        theta_names: optional parameter names.
+    """
 
     # -- helpers ---------------------------------------------------------------------
     def _x(self, x: Any) -> tuple[Tensor, bool]:
@@ -205,34 +251,6 @@ class FlowPosterior:
             "embedding": _embedding_config(self.flow.embedding),
             "theta_names": self.theta_names,
         }
-
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the posterior to ``path`` (atomically: a temporary file, then a rename)."""
-        path = Path(path)
-        payload = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "config": json.dumps(self.config()),
-            "info": json.dumps(self.info),
-            "state_dict": {k: v.detach().cpu() for k, v in self.flow.state_dict().items()},
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
-
-    def __repr__(self) -> str:
-        return (
-            f"FlowPosterior(flow={self.flow.config.kind}, d={self.dim}, x_shape={self.x_shape}, "
-            f"prior={self.prior!r}, device={self.device})"
-        )
 
 
 def _embedding_config(embedding: nn.Module) -> dict[str, Any] | None:
