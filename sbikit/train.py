@@ -9,11 +9,12 @@ indexing, which keeps the per-step overhead small.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -157,140 +158,87 @@ def fit(
     device = torch.device(device)
     if num_threads is None and device.type == "cpu":
         num_threads = 1 if sum(p.numel() for p in model.parameters()) < 1_000_000 else None
-    previous_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(int(num_threads))
-    try:
-        return _fit(
-            model,
-            loss_fn,
-            data,
-            n=n,
-            n_val=n_val,
-            n_train=n_train,
-            seed=seed,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            max_epochs=max_epochs,
-            patience=patience,
-            min_delta=min_delta,
-            lr_patience=lr_patience,
-            lr_factor=lr_factor,
-            min_learning_rate=min_learning_rate,
-            clip_norm=clip_norm,
-            weight_decay=weight_decay,
-            device=device,
-            progress=progress,
-            description=description,
+    with _torch_threads(num_threads):
+        gen = make_generator(seed)
+        perm = torch.randperm(n, generator=gen)
+        data = [t.to(device) for t in data]
+        train_idx, val_idx = perm[n_val:].to(device), perm[:n_val].to(device)
+        train_data = [t[train_idx] for t in data]
+        val_data = [t[val_idx] for t in data]
+        del data
+        bs = default_batch_size(n_train) if batch_size is None else int(batch_size)
+        bs = max(1, min(bs, n_train))
+        lr_patience = max(2, patience // 3) if lr_patience is None else lr_patience
+
+        model.to(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        opt = _adamw(params, learning_rate, weight_decay)
+
+        result = FitResult()
+        best = math.inf
+        best_state = copy.deepcopy(model.state_dict())
+        since_best = 0
+        since_lr = 0
+        start = time.perf_counter()
+        bar = tqdm(range(max_epochs), desc=description, disable=not progress, leave=False, dynamic_ncols=True)
+        for epoch in bar:
+            model.train()
+            order = torch.randperm(n_train, generator=gen).to(device)
+            total = torch.zeros((), device=device)
+            for i in range(0, n_train, bs):
+                idx = order[i : i + bs]
+                loss = loss_fn(model, *(t[idx] for t in train_data))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip_norm is not None:
+                    nn.utils.clip_grad_norm_(params, clip_norm)
+                opt.step()
+                total += loss.detach() * len(idx)
+            train_loss = float(total) / n_train
+            val_loss = evaluate(model, loss_fn, val_data, batch_size=max(bs, 4096))
+            lr = opt.param_groups[0]["lr"]
+            result.train_loss.append(train_loss)
+            result.val_loss.append(val_loss)
+            result.learning_rate.append(lr)
+            result.epochs = epoch + 1
+            if not math.isfinite(train_loss):
+                logger.warning(
+                    "training loss became %s at epoch %d; keeping the best weights so far", train_loss, epoch
+                )
+                break
+            improved = val_loss < best - min_delta
+            if val_loss < best:
+                # Any gain yields the best weights; only a gain above min_delta renews patience.
+                best, result.best_epoch = val_loss, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            if improved:
+                since_best = since_lr = 0
+            else:
+                since_best += 1
+                since_lr += 1
+            if since_lr >= lr_patience and lr > min_learning_rate:
+                for group in opt.param_groups:
+                    group["lr"] = max(min_learning_rate, group["lr"] * lr_factor)
+                since_lr = 0
+            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=f"{best:.4f}", refresh=False)
+            if since_best >= patience:
+                result.stopped_early = True
+                break
+        bar.close()
+        model.load_state_dict(best_state)
+        model.eval()
+        result.train_time = time.perf_counter() - start
+        logger.info(
+            "%s: %d epochs in %.1f s, best validation loss %.4f at epoch %d",
+            description,
+            result.epochs,
+            result.train_time,
+            best,
+            result.best_epoch,
         )
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _fit(
-    model: nn.Module,
-    loss_fn: LossFn,
-    data: Sequence[Tensor],
-    *,
-    n: int,
-    n_val: int,
-    n_train: int,
-    seed: int | None,
-    batch_size: int | None,
-    learning_rate: float,
-    max_epochs: int,
-    patience: int,
-    min_delta: float,
-    lr_patience: int | None,
-    lr_factor: float,
-    min_learning_rate: float,
-    clip_norm: float | None,
-    weight_decay: float,
-    device: torch.device,
-    progress: bool,
-    description: str,
-) -> FitResult:
-    gen = make_generator(seed)
-    perm = torch.randperm(n, generator=gen)
-    data = [t.to(device) for t in data]
-    train_idx, val_idx = perm[n_val:].to(device), perm[:n_val].to(device)
-    train_data = [t[train_idx] for t in data]
-    val_data = [t[val_idx] for t in data]
-    del data
-    bs = default_batch_size(n_train) if batch_size is None else int(batch_size)
-    bs = max(1, min(bs, n_train))
-    lr_patience = max(2, patience // 3) if lr_patience is None else lr_patience
-
-    model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("the model has no trainable parameters")
-    opt = _adamw(params, learning_rate, weight_decay)
-
-    result = FitResult()
-    best = math.inf
-    best_state = copy.deepcopy(model.state_dict())
-    since_best = 0
-    since_lr = 0
-    start = time.perf_counter()
-    bar = tqdm(range(max_epochs), desc=description, disable=not progress, leave=False, dynamic_ncols=True)
-    for epoch in bar:
-        model.train()
-        order = torch.randperm(n_train, generator=gen).to(device)
-        total = torch.zeros((), device=device)
-        for i in range(0, n_train, bs):
-            idx = order[i : i + bs]
-            loss = loss_fn(model, *(t[idx] for t in train_data))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_norm is not None:
-                nn.utils.clip_grad_norm_(params, clip_norm)
-            opt.step()
-            total += loss.detach() * len(idx)
-        train_loss = float(total) / n_train
-        val_loss = evaluate(model, loss_fn, val_data, batch_size=max(bs, 4096))
-        lr = opt.param_groups[0]["lr"]
-        result.train_loss.append(train_loss)
-        result.val_loss.append(val_loss)
-        result.learning_rate.append(lr)
-        result.epochs = epoch + 1
-        if not math.isfinite(train_loss):
-            logger.warning("training loss became %s at epoch %d; keeping the best weights so far", train_loss, epoch)
-            break
-        if val_loss < best - min_delta:
-            best, result.best_epoch = val_loss, epoch
-            best_state = copy.deepcopy(model.state_dict())
-            since_best = since_lr = 0
-        elif val_loss < best:
-            # A gain below min_delta still yields the best weights, but not more patience.
-            best, result.best_epoch = val_loss, epoch
-            best_state = copy.deepcopy(model.state_dict())
-            since_best += 1
-            since_lr += 1
-        else:
-            since_best += 1
-            since_lr += 1
-        if since_lr >= lr_patience and lr > min_learning_rate:
-            for group in opt.param_groups:
-                group["lr"] = max(min_learning_rate, group["lr"] * lr_factor)
-            since_lr = 0
-        bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", best=f"{best:.4f}", refresh=False)
-        if since_best >= patience:
-            result.stopped_early = True
-            break
-    bar.close()
-    model.load_state_dict(best_state)
-    model.eval()
-    result.train_time = time.perf_counter() - start
-    logger.info(
-        "%s: %d epochs in %.1f s, best validation loss %.4f at epoch %d",
-        description,
-        result.epochs,
-        result.train_time,
-        best,
-        result.best_epoch,
-    )
-    return result
+        return result
 
 
 def _adamw(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -305,6 +253,18 @@ def _adamw(params: list[nn.Parameter], lr: float, weight_decay: float) -> torch.
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int | None) -> Iterator[None]:
+    """Let torch use ``num_threads`` CPU threads inside the block (``None``: leave as is)."""
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @torch.no_grad()
