@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sbikit.diagnostics._common import as_tensor
 from sbikit.diagnostics.report import CalibrationSummary, run_calibration
 from sbikit.priors import make_generator
+from sbikit.utils import as_float_tensor
 
 try:  # pytest is only needed for the plugin part
     import pytest
@@ -114,8 +114,8 @@ def assert_posterior_close(
     """
     from sbikit.diagnostics.c2st import c2st
 
-    a = as_tensor(samples, "samples").reshape(len(samples), -1)
-    b = as_tensor(reference, "reference").reshape(len(reference), -1)
+    a = as_float_tensor(samples, "samples").reshape(len(samples), -1)
+    b = as_float_tensor(reference, "reference").reshape(len(reference), -1)
     gen = make_generator(seed)
     if num_samples is not None:
         a = a[torch.randperm(len(a), generator=gen)[:num_samples]]
@@ -193,7 +193,7 @@ class GaussianPosterior:
 
     def log_prob(self, theta: Any, x: Any) -> Tensor:
         """``log q(theta | x)``: ``theta`` ``(k, d)``, ``x`` ``(p,)`` or paired ``(k, p)`` -> ``(k,)``."""
-        th = as_tensor(theta, "theta").double()
+        th = as_float_tensor(theta, "theta").double()
         diff = th - self.mean(x)
         sol = torch.linalg.solve_triangular(self.chol, diff.reshape(-1, self.dim).T, upper=False).T
         return (self._dist_const - 0.5 * (sol**2).sum(-1)).reshape(diff.shape[:-1]).float()

@@ -24,23 +24,14 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["as_tensor", "check_pairs", "sample_batch", "log_prob_paired", "jittered_ranks", "param_names"]
+from sbikit.utils import as_float_tensor
+
+__all__ = ["check_pairs", "sample_batch", "log_prob_paired", "jittered_ranks", "param_names"]
 
 logger = logging.getLogger("sbikit.diagnostics")
-
-
-def as_tensor(value: Any, name: str) -> Tensor:
-    """A CPU float32 tensor from numpy, torch or nested lists."""
-    if isinstance(value, Tensor):
-        return value.detach().to(device="cpu", dtype=torch.float32)
-    try:
-        return torch.as_tensor(np.asarray(value, dtype=np.float64), dtype=torch.float32)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{name} must be a numpy array or torch tensor of numbers, got {type(value).__name__}") from err
 
 
 def check_pairs(theta: Any, x: Any) -> tuple[Tensor, Tensor]:
@@ -53,8 +44,8 @@ def check_pairs(theta: Any, x: Any) -> tuple[Tensor, Tensor]:
     Returns:
         ``theta`` ``(m, d)`` and ``x`` ``(m, *x_shape)`` as float32 tensors.
     """
-    th = as_tensor(theta, "theta")
-    xt = as_tensor(x, "x")
+    th = as_float_tensor(theta, "theta")
+    xt = as_float_tensor(x, "x")
     if th.ndim == 1:
         th = th[:, None]
     if th.ndim != 2:
@@ -89,10 +80,6 @@ def _torch_seed(seed: int | None) -> Iterator[None]:
         yield
 
 
-def _to_cpu(t: Any) -> Tensor:
-    return t.detach().to(device="cpu", dtype=torch.float32) if isinstance(t, Tensor) else as_tensor(t, "samples")
-
-
 def sample_batch(posterior: Any, n: int, x: Tensor, *, seed: int | None = 0) -> Tensor:
     """Draw ``n`` posterior samples for each of ``m`` observations, batched when possible.
 
@@ -111,7 +98,7 @@ def sample_batch(posterior: Any, n: int, x: Tensor, *, seed: int | None = 0) -> 
         if _accepts(posterior.sample_batched, "show_progress_bars"):
             kwargs["show_progress_bars"] = False
         with _torch_seed(seed):
-            out = _to_cpu(posterior.sample_batched((n,), **kwargs))
+            out = as_float_tensor(posterior.sample_batched((n,), **kwargs), "posterior samples")
         if out.ndim == 3 and out.shape[:2] == (n, m):
             return out.permute(1, 0, 2).contiguous()
         raise ValueError(f"sample_batched returned shape {tuple(out.shape)}; expected ({n}, {m}, d)")
@@ -119,7 +106,7 @@ def sample_batch(posterior: Any, n: int, x: Tensor, *, seed: int | None = 0) -> 
     kwargs = {"seed": seed} if takes_seed else {}
     try:
         with _torch_seed(None if takes_seed else seed):
-            out = _to_cpu(posterior.sample(n, x=x, **kwargs))
+            out = as_float_tensor(posterior.sample(n, x=x, **kwargs), "posterior samples")
         if out.ndim == 3 and out.shape[:2] == (m, n):
             return out
     except (ValueError, RuntimeError, TypeError, AssertionError, NotImplementedError) as err:
@@ -130,7 +117,7 @@ def sample_batch(posterior: Any, n: int, x: Tensor, *, seed: int | None = 0) -> 
     for i in range(m):
         kw = {"seed": None if seed is None else int(seed) + i} if takes_seed else {}
         with _torch_seed(None if (takes_seed or seed is None) else int(seed) + i):
-            s = _to_cpu(posterior.sample(n, x=x[i], **kw))
+            s = as_float_tensor(posterior.sample(n, x=x[i], **kw), "posterior samples")
         rows.append(s.reshape(n, -1))
     return torch.stack(rows)
 
@@ -154,7 +141,9 @@ def log_prob_paired(posterior: Any, theta: Tensor, x: Tensor, *, chunk_size: int
         if _accepts(posterior.log_prob_batched, "norm_posterior"):
             kwargs["norm_posterior"] = False
         with torch.no_grad():
-            out = _to_cpu(posterior.log_prob_batched(theta.permute(1, 0, 2).contiguous(), **kwargs))
+            out = as_float_tensor(
+                posterior.log_prob_batched(theta.permute(1, 0, 2).contiguous(), **kwargs), "posterior log_prob"
+            )
         return out.reshape(k, m).T.contiguous()
     per = max(1, chunk_size // max(k, 1))  # observations per call
     parts: list[Tensor] = []
@@ -163,7 +152,7 @@ def log_prob_paired(posterior: Any, theta: Tensor, x: Tensor, *, chunk_size: int
             for i in range(0, m, per):
                 th = theta[i : i + per].reshape(-1, d)
                 xr = x[i : i + per].repeat_interleave(k, dim=0)
-                lp = _to_cpu(posterior.log_prob(th, x=xr)).reshape(-1)
+                lp = as_float_tensor(posterior.log_prob(th, x=xr), "posterior log_prob").reshape(-1)
                 if lp.numel() != th.shape[0]:
                     raise ValueError(f"log_prob returned {lp.numel()} values for {th.shape[0]} rows")
                 parts.append(lp.reshape(-1, k))
@@ -171,7 +160,9 @@ def log_prob_paired(posterior: Any, theta: Tensor, x: Tensor, *, chunk_size: int
     except (ValueError, RuntimeError, TypeError, AssertionError, NotImplementedError) as err:
         logger.info("posterior.log_prob did not take paired x (%s); evaluating one observation at a time", err)
     with torch.no_grad():
-        return torch.stack([_to_cpu(posterior.log_prob(theta[i], x=x[i])).reshape(k) for i in range(m)])
+        return torch.stack(
+            [as_float_tensor(posterior.log_prob(theta[i], x=x[i]), "posterior log_prob").reshape(k) for i in range(m)]
+        )
 
 
 def jittered_ranks(less: Tensor, equal: Tensor, num_samples: int, generator: torch.Generator) -> Tensor:

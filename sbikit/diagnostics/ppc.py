@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sbikit.diagnostics._common import as_tensor, sample_batch
+from sbikit.diagnostics._common import sample_batch
+from sbikit.utils import as_float_tensor
 
 __all__ = ["posterior_predictive", "PPCResult", "euclidean"]
 
@@ -64,7 +65,7 @@ def _simulate(simulator: Any, theta: Tensor, seed: int | None) -> Tensor:
         out = simulator(theta)
     else:
         raise TypeError("simulator must have a simulate(theta, seed=) method or be a callable theta -> x")
-    return as_tensor(out, "simulated x")
+    return as_float_tensor(out, "simulated x")
 
 
 def posterior_predictive(
@@ -92,7 +93,7 @@ def posterior_predictive(
     Returns:
         A :class:`PPCResult` with the distance of ``x_o`` and its p-value.
     """
-    xo = as_tensor(x_o, "x_o")
+    xo = as_float_tensor(x_o, "x_o")
     theta = sample_batch(posterior, int(num_samples), xo[None], seed=seed)[0]
     x_rep = _simulate(simulator, theta, None if seed is None else int(seed) + 1)
     flat = x_rep.reshape(len(x_rep), -1).double()

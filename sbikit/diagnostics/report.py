@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sbikit.diagnostics._common import as_tensor, check_pairs, param_names, sample_batch
+from sbikit.diagnostics._common import check_pairs, param_names, sample_batch
 from sbikit.diagnostics.coverage import CoverageCheck, CoverageResult, check_coverage, run_coverage
 from sbikit.diagnostics.sbc import Finding, SBCCheck, check_sbc, run_sbc
 from sbikit.diagnostics.tarp import TARPCheck, TARPResult, check_tarp, run_tarp
+from sbikit.utils import as_float_tensor
 
 __all__ = ["run_calibration", "calibration_report", "CalibrationSummary", "make_test_pairs"]
 
@@ -147,8 +148,8 @@ def make_test_pairs(simulator_or_pairs: Any, num_tests: int, *, seed: int | None
             "simulator_or_pairs must be a simulator (with .prior and .simulate) or a (theta, x) tuple, "
             f"got {type(sim).__name__}"
         )
-    theta = as_tensor(sim.prior.sample(int(num_tests), seed=seed), "theta")
-    x = as_tensor(sim.simulate(theta, seed=None if seed is None else int(seed) + 1), "x")
+    theta = as_float_tensor(sim.prior.sample(int(num_tests), seed=seed), "theta")
+    x = as_float_tensor(sim.simulate(theta, seed=None if seed is None else int(seed) + 1), "x")
     ok = torch_finite_rows(x)
     if not bool(ok.all()):
         logger.warning("dropped %d of %d test simulations with NaN or inf", int((~ok).sum()), len(ok))
