@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sbikit.flows import FLOW_KINDS, ConditionalFlow, build_flow
+from sbikit.flows import ConditionalFlow, build_flow
+from sbikit.inference.estimator import FlowEstimator
 from sbikit.inference.posterior import TrainedFlowModel
-from sbikit.priors import Prior, as_prior
 from sbikit.train import fit
-from sbikit.utils import as_float_tensor, prepare_training_pairs, resolve_device
+from sbikit.utils import as_float_tensor, prepare_training_pairs
 
 if TYPE_CHECKING:
     from sbikit.mcmc import MCMCResult
@@ -50,7 +50,7 @@ def nle_loss(flow: ConditionalFlow, x: Tensor, theta: Tensor) -> Tensor:
     return -flow.log_prob(x, theta).mean()
 
 
-class NLE:
+class NLE(FlowEstimator):
     """Neural likelihood estimation with a conditional normalizing flow.
 
     Args:
@@ -64,27 +64,6 @@ class NLE:
         num_bins: spline bins (``nsf`` only).
         theta_names: optional parameter names carried by the posterior.
     """
-
-    def __init__(
-        self,
-        prior: Any,
-        flow: str = "maf",
-        device: str | torch.device = "auto",
-        *,
-        hidden_features: int = 64,
-        num_transforms: int = 5,
-        num_bins: int = 8,
-        theta_names: list[str] | None = None,
-    ) -> None:
-        if flow.lower() not in FLOW_KINDS:
-            raise ValueError(f"flow must be one of {FLOW_KINDS}, got {flow!r}")
-        self.prior: Prior = as_prior(prior)
-        self.flow_kind = flow.lower()
-        self.device = resolve_device(device)
-        self.hidden_features = hidden_features
-        self.num_transforms = num_transforms
-        self.num_bins = num_bins
-        self.theta_names = theta_names
 
     def fit(
         self,

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sbikit.flows import FLOW_KINDS, ConditionalFlow, build_flow
+from sbikit.flows import ConditionalFlow, build_flow
+from sbikit.inference.estimator import FlowEstimator
 from sbikit.inference.posterior import FlowPosterior
-from sbikit.priors import Prior, as_prior
 from sbikit.train import fit
-from sbikit.utils import prepare_training_pairs, resolve_device
+from sbikit.utils import prepare_training_pairs
 
 __all__ = ["NPE", "npe_loss"]
 
@@ -41,7 +41,7 @@ def npe_loss(flow: ConditionalFlow, u: Tensor, x: Tensor) -> Tensor:
     return -flow.log_prob(u, x).mean()
 
 
-class NPE:
+class NPE(FlowEstimator):
     """Neural posterior estimation with a conditional normalizing flow.
 
     Args:
@@ -71,16 +71,16 @@ class NPE:
         num_bins: int = 8,
         theta_names: list[str] | None = None,
     ) -> None:
-        if flow.lower() not in FLOW_KINDS:
-            raise ValueError(f"flow must be one of {FLOW_KINDS}, got {flow!r}")
-        self.prior: Prior = as_prior(prior)
-        self.flow_kind = flow.lower()
+        super().__init__(
+            prior,
+            flow,
+            device,
+            hidden_features=hidden_features,
+            num_transforms=num_transforms,
+            num_bins=num_bins,
+            theta_names=theta_names,
+        )
         self.embedding = embedding
-        self.device = resolve_device(device)
-        self.hidden_features = hidden_features
-        self.num_transforms = num_transforms
-        self.num_bins = num_bins
-        self.theta_names = theta_names
 
     def fit(
         self,
