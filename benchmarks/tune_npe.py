@@ -52,8 +52,10 @@ if nplog:
     est.prior.to_unconstrained = lambda t: t
     est.prior.from_unconstrained = lambda u: u
 t0 = time.perf_counter()
+c0 = time.process_time()
 post = est.fit(theta, x, seed=0, progress=False, **userfit)
 tt = time.perf_counter() - t0
+ct = time.process_time() - c0
 ref = load_reference(task)
 cs = []
 ts = 0
@@ -68,6 +70,7 @@ out = dict(
     task=task,
     name=name,
     time=round(tt, 1),
+    cpu=round(ct, 1),
     epochs=info["epochs"],
     best=info["best_epoch"],
     val=round(info["best_val_loss"], 4),

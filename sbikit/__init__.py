@@ -18,18 +18,21 @@ from sbikit import priors
 from sbikit.compare import compare
 from sbikit.inference import NLE, NPE, FlowPosterior, NLEPosterior, load
 from sbikit.priors import BoxUniform, Gaussian, Independent, LogNormal
+from sbikit.simulate import simulate  # the function; the module stays importable as sbikit.simulate
+from sbikit.store import SimulationStore, open_store
 
 __version__ = "0.1.0"
 
 __all__ = ["NPE", "FlowPosterior", "load", "priors", "BoxUniform", "Gaussian", "Independent", "LogNormal"]
 __all__ += ["NLE", "NLEPosterior", "compare", "mcmc"]
+__all__ += ["simulate", "open_store", "SimulationStore"]
 
 logging.getLogger("sbikit").addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str) -> object:
     # Heavier submodules (matplotlib, scikit-learn) load on first use: sbikit.plots, sbikit.diagnostics.
-    if name in {"plots", "diagnostics", "cli", "config", "flows", "train", "utils", "mcmc"}:
+    if name in {"plots", "diagnostics", "cli", "config", "flows", "train", "utils", "mcmc", "compressors", "density"}:
         import importlib
 
         return importlib.import_module(f"sbikit.{name}")

@@ -13,16 +13,16 @@ values shown for optional keys are their defaults)::
     seed = 0                    # seeds the prior draws and the simulations
 
     [estimator]
-    flow = "maf"                # maf | realnvp | nsf
+    flow = "auto"               # auto (nsf up to 5 parameters, else maf) | nsf | maf | realnvp
     device = "auto"             # auto | cpu | cuda | cuda:N
-    # hidden_features = 64      # optional; left out means sbikit.NPE's default
+    # hidden_features = 128     # optional; left out means sbikit.NPE's default (128 nsf, 64 maf)
     # num_transforms = 5
     # num_bins = 8              # nsf only
 
     [train]                     # optional keys are passed to NPE.fit; left out = its default
     seed = 0
     # batch_size = 512
-    # learning_rate = 1e-3
+    # learning_rate = 3e-3      # 3e-3 for nsf, 1e-3 for maf/realnvp
     # max_epochs = 1000
     # validation_fraction = 0.1
     # patience = 20
@@ -63,7 +63,7 @@ in :mod:`sbikit.cli`, which raises :class:`ConfigError` for them too.
 
 >>> cfg = load_config("tutorials/configs/two_moons.toml")
 >>> cfg.simulation.num_simulations, cfg.estimator.flow
-(10000, 'maf')
+(10000, 'nsf')
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ __all__ = [
     "FLOWS",
 ]
 
-FLOWS = ("maf", "realnvp", "nsf")
+FLOWS = ("auto", "maf", "realnvp", "nsf")
 
 
 class ConfigError(ValueError):
@@ -126,7 +126,7 @@ class SimulationConfig:
 class EstimatorConfig:
     """``[estimator]``: arguments of :class:`sbikit.NPE`; ``None`` means NPE's default."""
 
-    flow: str = "maf"
+    flow: str = "auto"
     device: str = "auto"
     hidden_features: int | None = None
     num_transforms: int | None = None

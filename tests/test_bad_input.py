@@ -156,3 +156,35 @@ def test_x_none_raises(posterior: FlowPosterior) -> None:
         posterior.log_prob(torch.zeros(1, 2), x=None)
     with pytest.raises(ValueError, match="x is required"):
         posterior.map(None)
+
+
+def test_auto_flow_picks_nsf_up_to_five_parameters_and_maf_above() -> None:
+    from sbikit.inference.npe import AUTO_NSF_MAX_DIM
+
+    for dim, kind, width in ((1, "nsf", 128), (AUTO_NSF_MAX_DIM, "nsf", 128), (AUTO_NSF_MAX_DIM + 1, "maf", 64)):
+        npe = NPE(BoxUniform(-torch.ones(dim), torch.ones(dim)), device="cpu")
+        assert (npe.flow_kind, npe.hidden_features) == (kind, width)
+    # An explicit choice is kept, whatever the dimension; so is an explicit width.
+    assert NPE(_prior(), flow="MAF", hidden_features=16, device="cpu").flow_kind == "maf"
+    assert NPE(_prior(), flow="maf", hidden_features=16, device="cpu").hidden_features == 16
+
+
+def test_default_batch_and_learning_rate_follow_the_flow(monkeypatch) -> None:
+    # NSF trains with batches of up to 512 at 3e-3, MAF with up to 128 at 1e-3 (docs/defaults.md).
+    import sbikit.inference.npe as npe_module
+
+    seen: dict[str, tuple[int, float]] = {}
+    real_fit = npe_module.fit
+
+    def spy(model, loss_fn, data, **kwargs):
+        seen[model.config.kind] = (kwargs["batch_size"], kwargs["learning_rate"])
+        return real_fit(model, loss_fn, data, **kwargs)
+
+    monkeypatch.setattr(npe_module, "fit", spy)
+    theta = _prior().sample(20_000, seed=0)
+    x = theta + 0.1 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(1))
+    for flow in ("nsf", "maf"):
+        NPE(_prior(), flow=flow, hidden_features=8, num_transforms=1, device="cpu").fit(
+            theta, x, seed=0, max_epochs=1, progress=False
+        )
+    assert seen == {"nsf": (512, 3e-3), "maf": (128, 1e-3)}

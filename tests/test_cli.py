@@ -159,7 +159,7 @@ def test_run_with_given_x(tmp_path, capsys):
         ('name = "two_moons"', 'name = "three_moons"', "[simulator] name 'three_moons' is not a known simulator"),
         ('name = "two_moons"', "name = 2", "[simulator] name must be a non-empty string, got int"),
         ('name = "two_moons"', 'name = "two_moons"\nkwargs = { radius = 1 }', "[simulator] kwargs"),
-        ('flow = "maf"', 'flow = "glow"', "[estimator] flow must be one of maf, realnvp, nsf"),
+        ('flow = "maf"', 'flow = "glow"', "[estimator] flow must be one of auto, maf, realnvp, nsf"),
         ('device = "cpu"', 'device = "tpu"', "[estimator] device"),
         ("num_simulations = 300", "num_simulations = 0", "[simulation] num_simulations must be an integer >= 2"),
         ("num_simulations = 300", "num_simulations = 3.5", "[simulation] num_simulations must be an integer"),
@@ -194,7 +194,7 @@ def test_missing_config_file(tmp_path, capsys):
 def test_parse_config_defaults():
     cfg = parse_config({"simulator": {"name": "supernova"}, "observation": {"theta_true": [0.3, -1]}})
     assert cfg.simulation.num_simulations == 10_000
-    assert cfg.estimator.npe_kwargs() == {"flow": "maf", "device": "auto"}
+    assert cfg.estimator.npe_kwargs() == {"flow": "auto", "device": "auto"}
     assert cfg.train.fit_kwargs() == {"seed": 0}
     assert cfg.output.dir == "runs/supernova"
     assert cfg.observation.theta_true == [0.3, -1.0]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,9 +21,10 @@ import torch
 from torch import Tensor
 
 from sbikit.flows import ConditionalFlow, build_flow
+from sbikit.inference._store_data import pair_stream, standardize_from_stream, training_inputs
 from sbikit.inference.estimator import FlowEstimator
 from sbikit.inference.posterior import TrainedFlowModel
-from sbikit.train import fit
+from sbikit.train import StreamingData, fit
 from sbikit.utils import as_float_tensor, prepare_training_pairs
 
 if TYPE_CHECKING:
@@ -77,12 +79,17 @@ class NLE(FlowEstimator):
         validation_fraction: float = 0.1,
         patience: int = 20,
         progress: bool = True,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
+        memory_limit_gb: float | None = 4.0,
     ) -> NLEPosterior:
         """Train on simulated pairs and return the posterior.
 
         Args:
-            theta: parameters ``(n, d)`` (numpy or torch), inside the prior support.
+            theta: parameters ``(n, d)`` (numpy or torch), inside the prior support; or an
+                array on disk such as ``sbikit.open_store(path).theta``.
             x: simulations ``(n, *x_shape)``; rows with NaN or inf are dropped with a warning.
+                Or an array on disk such as ``sbikit.open_store(path).x``.
             seed: makes initialisation, validation split and batch order repeatable.
             batch_size: ``None`` picks :func:`sbikit.train.default_batch_size`.
             learning_rate: initial Adam learning rate.
@@ -90,29 +97,44 @@ class NLE(FlowEstimator):
             validation_fraction: share held out for early stopping.
             patience: epochs without improvement before stopping.
             progress: show a progress bar.
+            checkpoint: file to save the training state to after every epoch (atomically).
+            resume: continue from ``checkpoint`` if it exists (see :func:`sbikit.train.fit`).
+            memory_limit_gb: arrays on disk larger than this (as float32) are streamed in
+                shuffled chunk-batches instead of read into memory, and the z-scoring
+                statistics are computed in one streaming pass; ``0`` always streams.
 
         Returns:
             An :class:`NLEPosterior` on ``self.device``.
         """
-        th, xt = prepare_training_pairs(self.prior, theta, x)  # warns at the user's fit()
-        x_shape = tuple(xt.shape[1:])
-        x_flat = xt.reshape(len(xt), -1)
+        theta, x, streamed = training_inputs(theta, x, memory_limit_gb=memory_limit_gb)
+        data: tuple[Tensor, Tensor] | StreamingData
+        if streamed:
+            data, x_shape = pair_stream(self.prior, theta, x, _flat_pairs)
+        else:
+            th, xt = prepare_training_pairs(self.prior, theta, x)  # warns at the user's fit()
+            x_shape = tuple(xt.shape[1:])
+            data = tuple(_flat_pairs(th, xt))
+        x_features = math.prod(x_shape)
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
             flow = build_flow(
                 self.flow_kind,
-                x_flat.shape[1],
+                x_features,
                 (self.prior.dim,),
                 hidden_features=self.hidden_features,
                 num_transforms=self.num_transforms,
                 num_bins=self.num_bins,
             )
-        flow.set_standardization(x_flat, th)
+        if isinstance(data, StreamingData):
+            num_rows = standardize_from_stream(flow, data)
+        else:
+            flow.set_standardization(*data)
+            num_rows = len(data[0])
         result = fit(
             flow,
             nle_loss,
-            (x_flat, th),
+            data,
             seed=seed,
             batch_size=batch_size,
             learning_rate=learning_rate,
@@ -122,11 +144,18 @@ class NLE(FlowEstimator):
             device=self.device,
             progress=progress,
             description=f"NLE ({self.flow_kind})",
+            checkpoint=checkpoint,
+            resume=resume,
         )
         if not math.isfinite(result.best_val_loss):
             raise RuntimeError("training diverged: the validation loss is not finite")
-        info = {"method": "NLE", "num_simulations": len(th), **result.to_dict()}
+        info = {"method": "NLE", "num_simulations": num_rows, **result.to_dict()}
         return NLEPosterior(flow, self.prior, x_shape, info=info, theta_names=self.theta_names)
+
+
+def _flat_pairs(theta: Tensor, x: Tensor) -> list[Tensor]:
+    """``[x_flat, theta]``: simulations flattened to ``(n, k)`` and their parameters ``(n, d)``."""
+    return [x.reshape(len(x), -1), theta]
 
 
 class NLEPosterior(TrainedFlowModel):

@@ -11,20 +11,34 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from sbikit.flows import ConditionalFlow, build_flow
+from sbikit.flows import FLOW_KINDS, ConditionalFlow, build_flow
+from sbikit.inference._store_data import pair_stream, standardize_from_stream, training_inputs
 from sbikit.inference.estimator import FlowEstimator
 from sbikit.inference.posterior import FlowPosterior
-from sbikit.train import fit
+from sbikit.priors import as_prior
+from sbikit.train import StreamingData, default_batch_size, fit
 from sbikit.utils import prepare_training_pairs
 
-__all__ = ["NPE", "npe_loss"]
+__all__ = ["NPE", "npe_loss", "npe_batch_size", "resolve_flow", "CONV_LEARNING_RATE", "VECTOR_LEARNING_RATE"]
 
 logger = logging.getLogger(__name__)
+
+# Default learning rates: flows on vectors, and flows trained jointly with a convolutional embedding.
+VECTOR_LEARNING_RATE = 3e-3
+CONV_LEARNING_RATE = 1e-3
+#: ``flow="auto"`` picks the spline flow up to this many parameters and MAF above it: NSF
+#: gave the lowest C2ST on two_moons, gaussian_mixture (2 parameters) and slcp (5), but
+#: overfitted gaussian_linear's 10 parameters with 10^4 simulations (best validation loss
+#: -0.49 nats at epoch 11 against MAF's -0.65; docs/defaults.md).
+AUTO_NSF_MAX_DIM = 5
+#: Conditioner width when ``hidden_features`` is not given, per flow kind.
+DEFAULT_HIDDEN = {"nsf": 128, "maf": 64, "realnvp": 64}
 
 
 def npe_loss(flow: ConditionalFlow, u: Tensor, x: Tensor) -> Tensor:
@@ -41,19 +55,56 @@ def npe_loss(flow: ConditionalFlow, u: Tensor, x: Tensor) -> Tensor:
     return -flow.log_prob(u, x).mean()
 
 
+def resolve_flow(flow: str, dim: int) -> str:
+    """The flow kind ``NPE`` builds: ``flow`` itself, or for ``"auto"`` NSF up to
+    :data:`AUTO_NSF_MAX_DIM` parameters and MAF above."""
+    kind = flow.lower()
+    if kind not in ("auto", *FLOW_KINDS):
+        raise ValueError(f"flow must be one of {('auto', *FLOW_KINDS)}, got {flow!r}")
+    if kind == "auto":
+        return "nsf" if dim <= AUTO_NSF_MAX_DIM else "maf"
+    return kind
+
+
+def npe_batch_size(num_train: int) -> int:
+    """Default NPE batch: 512 rows, fewer for small data (at least ~16 steps an epoch, min 32).
+
+    With the default learning rate of 3e-3, batches of 512 reached the same or lower C2ST
+    than batches of 128 at 1e-3 on two_moons, slcp and gaussian_mixture with 10^4
+    simulations, in about 1/3 of the CPU time (docs/defaults.md).
+    """
+    return int(max(32, min(512, num_train // 16)))
+
+
+def _has_trainable_conv(module: nn.Module | None) -> bool:
+    """Whether ``module`` holds a convolution with trainable weights (a jointly trained CNN)."""
+    if module is None:
+        return False
+    return any(
+        isinstance(m, nn.modules.conv._ConvNd) and any(p.requires_grad for p in m.parameters())
+        for m in module.modules()
+    )
+
+
 class NPE(FlowEstimator):
     """Neural posterior estimation with a conditional normalizing flow.
 
     Args:
         prior: an sbikit prior, a ``torch.distributions`` distribution or sbi's ``BoxUniform``.
-        flow: ``"maf"`` (default), ``"nsf"`` or ``"realnvp"``. MAF is the default for its
-            speed (~3x cheaper steps than NSF); ``"nsf"`` is markedly more accurate on
-            non-Gaussian posteriors at the same data but trains ~3-5x longer
-            (docs/defaults.md has the numbers).
+        flow: ``"auto"`` (default), ``"nsf"`` (rational-quadratic spline autoregressive
+            layers), ``"maf"`` or ``"realnvp"``. ``"auto"`` is NSF for up to 5 parameters
+            (the lowest C2ST on two_moons, gaussian_mixture and slcp; MAF's posteriors are
+            visibly worse on such non-Gaussian problems) and MAF above (NSF overfitted
+            10-parameter gaussian_linear); docs/defaults.md has the numbers.
         embedding: optional ``nn.Module`` mapping ``(n, *x_shape)`` to ``(n, k)``; it is
-            trained jointly with the flow. ``None`` flattens ``x``.
+            trained jointly with the flow. ``"cnn"`` builds a default convolutional
+            encoder for images ``(H, W)`` or ``(C, H, W)`` (``max(8, 4 d)`` summaries,
+            :class:`sbikit.compressors.ConvEncoder`), also trained jointly. A fitted
+            :class:`sbikit.compressors.Compressor` is used frozen (no gradient, eval mode,
+            fed the raw ``x``). ``None`` flattens ``x``.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
-        hidden_features: width of the flow's conditioner networks.
+        hidden_features: width of the flow's conditioner networks; ``None``: 128 for NSF,
+            64 for MAF and RealNVP.
         num_transforms: number of flow layers.
         num_bins: spline bins (``nsf`` only).
         theta_names: optional parameter names carried by the posterior.
@@ -62,15 +113,19 @@ class NPE(FlowEstimator):
     def __init__(
         self,
         prior: Any,
-        flow: str = "maf",
-        embedding: nn.Module | None = None,
+        flow: str = "auto",
+        embedding: nn.Module | str | None = None,
         device: str | torch.device = "auto",
         *,
-        hidden_features: int = 64,
+        hidden_features: int | None = None,
         num_transforms: int = 5,
         num_bins: int = 8,
         theta_names: list[str] | None = None,
     ) -> None:
+        prior = as_prior(prior)
+        flow = resolve_flow(flow, prior.dim)
+        if hidden_features is None:
+            hidden_features = DEFAULT_HIDDEN.get(flow, 64)
         super().__init__(
             prior,
             flow,
@@ -89,39 +144,60 @@ class NPE(FlowEstimator):
         *,
         seed: int | None = None,
         batch_size: int | None = None,
-        learning_rate: float = 1e-3,
+        learning_rate: float | None = None,
         max_epochs: int = 1000,
         validation_fraction: float = 0.1,
         patience: int = 20,
         progress: bool = True,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
+        memory_limit_gb: float | None = 4.0,
     ) -> FlowPosterior:
         """Train on simulated pairs and return the posterior.
 
         Args:
-            theta: parameters ``(n, d)`` (numpy or torch), inside the prior support.
+            theta: parameters ``(n, d)`` (numpy or torch), inside the prior support; or an
+                array on disk such as ``sbikit.open_store(path).theta``.
             x: simulations ``(n, *x_shape)``; rows with NaN or inf are dropped with a warning.
+                Or an array on disk such as ``sbikit.open_store(path).x``.
             seed: makes initialisation, validation split and batch order repeatable.
-            batch_size: ``None`` picks 128, less for small data (see
-                :func:`sbikit.train.default_batch_size`).
-            learning_rate: initial Adam learning rate (halved on validation plateaus).
+            batch_size: ``None`` picks :func:`npe_batch_size` (512 rows, fewer for small data
+                so that an epoch has at least ~16 steps, min 32) for NSF; for MAF, RealNVP
+                or a jointly trained convolutional embedding (``embedding="cnn"`` or any
+                module with trainable convolutions) it picks
+                :func:`sbikit.train.default_batch_size` (128 rows) instead: those were tuned
+                at 128, and the CNN needs many more optimiser steps than a flow on vectors
+                (docs/defaults.md and docs/compressors.md have the measurements).
+            learning_rate: initial AdamW learning rate (halved on validation plateaus);
+                ``None``: 3e-3 for NSF, 1e-3 for MAF, RealNVP or a jointly trained CNN.
             max_epochs: cap on epochs.
             validation_fraction: share held out for early stopping.
             patience: epochs without improvement before stopping.
             progress: show a progress bar.
+            checkpoint: file to save the training state to after every epoch (atomically).
+            resume: continue from ``checkpoint`` if it exists (see :func:`sbikit.train.fit`).
+            memory_limit_gb: arrays on disk larger than this (as float32) are streamed in
+                shuffled chunk-batches instead of read into memory, and the z-scoring
+                statistics are computed in one streaming pass; ``0`` always streams.
 
         Returns:
             A :class:`~sbikit.inference.posterior.FlowPosterior` on ``self.device``.
         """
-        th, xt = prepare_training_pairs(self.prior, theta, x)  # warns at the user's fit()
-        x_shape = tuple(xt.shape[1:])
-        u = self.prior.to_unconstrained(th.double()).float()
-        if not bool(torch.isfinite(u).all()):
-            raise ValueError("theta lies too close to a prior bound to be transformed; check the prior support")
+        theta, x, streamed = training_inputs(theta, x, memory_limit_gb=memory_limit_gb)
+        data: tuple[Tensor, Tensor] | StreamingData
+        if streamed:
+            data, x_shape = pair_stream(self.prior, theta, x, self._unconstrained_pairs)
+        else:
+            th, xt = prepare_training_pairs(self.prior, theta, x)  # warns at the user's fit()
+            x_shape = tuple(xt.shape[1:])
+            data = tuple(self._unconstrained_pairs(th, xt))
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
             # A copy, so that every fit starts from the embedding as the user gave it.
-            embedding = copy.deepcopy(self.embedding) if self.embedding is not None else None
+            from sbikit.compressors.cnn import make_embedding  # "cnn", nn.Module or frozen Compressor
+
+            embedding = make_embedding(copy.deepcopy(self.embedding), x_shape, self.prior.dim)
             flow = build_flow(
                 self.flow_kind,
                 self.prior.dim,
@@ -131,11 +207,29 @@ class NPE(FlowEstimator):
                 num_transforms=self.num_transforms,
                 num_bins=self.num_bins,
             )
-        flow.set_standardization(u, xt)
+        if isinstance(data, StreamingData):
+            num_rows = standardize_from_stream(flow, data)
+        else:
+            flow.set_standardization(*data)
+            num_rows = len(data[0])
+        if getattr(flow.embedding, "takes_raw_input", False):  # a frozen compressor z-scores x itself
+            flow.c_shift.zero_()
+            flow.c_scale.fill_(1.0)
+        conv = _has_trainable_conv(embedding)
+        if batch_size is None:
+            total = data.num_rows if isinstance(data, StreamingData) else len(data[0])
+            num_train = total - max(1, int(round(total * validation_fraction)))
+            # The large-batch, high-rate recipe was tuned for NSF on vectors (docs/defaults.md).
+            spline = self.flow_kind == "nsf" and not conv
+            batch_size = npe_batch_size(num_train) if spline else default_batch_size(num_train)
+        if learning_rate is None:
+            learning_rate = VECTOR_LEARNING_RATE if self.flow_kind == "nsf" and not conv else CONV_LEARNING_RATE
+        if conv:
+            logger.debug("jointly trained CNN embedding: batch size %d, learning rate %g", batch_size, learning_rate)
         result = fit(
             flow,
             npe_loss,
-            (u, xt),
+            data,
             seed=seed,
             batch_size=batch_size,
             learning_rate=learning_rate,
@@ -145,8 +239,17 @@ class NPE(FlowEstimator):
             device=self.device,
             progress=progress,
             description=f"NPE ({self.flow_kind})",
+            checkpoint=checkpoint,
+            resume=resume,
         )
-        info = {"method": "NPE", "num_simulations": len(th), **result.to_dict()}
+        info = {"method": "NPE", "num_simulations": num_rows, **result.to_dict()}
         if not math.isfinite(result.best_val_loss):
             raise RuntimeError("training diverged: the validation loss is not finite")
         return FlowPosterior(flow, self.prior, x_shape, info=info, theta_names=self.theta_names)
+
+    def _unconstrained_pairs(self, theta: Tensor, x: Tensor) -> list[Tensor]:
+        """``[u, x]``: ``theta`` ``(n, d)`` mapped to R^d by the prior's bijection, and ``x``."""
+        u = self.prior.to_unconstrained(theta.double()).float()
+        if not bool(torch.isfinite(u).all()):
+            raise ValueError("theta lies too close to a prior bound to be transformed; check the prior support")
+        return [u, x]

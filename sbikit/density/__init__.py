@@ -1,0 +1,5 @@
+"""Density estimation on summaries: Gaussian mixtures (GMM) with the number of components chosen by BIC."""
+
+from sbikit.density.gmm import GMM
+
+__all__ = ["GMM"]

@@ -1,0 +1,385 @@
+"""Tests for sbikit.compressors: interface, save/load, PCA, VAE, contrastive losses, regression, NPE embeddings.
+
+Networks are tiny (8 x 8 images, channels (4, 8)) and trained for a few epochs: these tests
+check identities and behaviour, not accuracy (benchmarks/compressors.py measures that).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import sbikit
+import simulators
+from sbikit.compressors import (
+    PCA,
+    VAE,
+    Augment,
+    AutoEncoder,
+    Compressor,
+    Contrastive,
+    ConvDecoder,
+    ConvEncoder,
+    FrozenEmbedding,
+    Regression,
+    load_compressor,
+    nt_xent,
+    vicreg,
+)
+
+SMALL = (4, 8)
+FAST = {"max_epochs": 2, "progress": False, "device": "cpu", "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def grf_data() -> tuple[torch.Tensor, torch.Tensor]:
+    sim = simulators.get("grf", size=8)
+    theta = sim.prior.sample(256, seed=0)
+    return theta, sim.simulate(theta, seed=1)
+
+
+def _make(name: str) -> Compressor:
+    return {
+        "pca": lambda: PCA(4),
+        "autoencoder": lambda: AutoEncoder(4, channels=SMALL),
+        "vae": lambda: VAE(4, channels=SMALL),
+        "contrastive": lambda: Contrastive(4, channels=SMALL, projection_features=8),
+        "vicreg": lambda: Contrastive(4, loss="vicreg", channels=SMALL, projection_features=8),
+        "regression": lambda: Regression(channels=SMALL),
+    }[name]()
+
+
+def _fit(comp: Compressor, x: torch.Tensor, theta: torch.Tensor) -> Compressor:
+    if isinstance(comp, PCA):
+        return comp.fit(x, device="cpu")
+    return comp.fit(x, theta, **FAST)
+
+
+NAMES = ["pca", "autoencoder", "vae", "contrastive", "vicreg", "regression"]
+
+
+# -- the common interface ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_interface_shapes_and_save_load(name: str, grf_data, tmp_path) -> None:
+    theta, x = grf_data
+    comp = _make(name)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        comp.encode(x)
+    _fit(comp, x, theta)
+    k = 2 if name == "regression" else 4
+    s = comp.encode(x)
+    assert s.shape == (len(x), k) and s.dtype == torch.float32 and torch.isfinite(s).all()
+    assert comp.encode(x[0]).shape == (k,)
+    np.testing.assert_allclose(comp.encode(x[:5].numpy()).numpy(), s[:5].numpy(), atol=1e-6)  # numpy input
+    # Save and load: a state dict plus JSON config, read with weights_only=True; encodings are identical.
+    path = comp.save(tmp_path / f"{name}.pt")
+    back = load_compressor(path)
+    assert type(back) is type(comp) and back.get_config() == comp.get_config()
+    assert torch.equal(back.encode(x), s)
+    assert type(Compressor.load(path)) is type(comp)
+    other = PCA if name != "pca" else AutoEncoder
+    with pytest.raises(TypeError, match="holds a"):
+        other.load(path)
+    # Clear errors: wrong image shape, NaN input.
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 8, 8\)"):
+        comp.encode(torch.zeros(3, 9, 8))
+    bad = x[:4].clone()
+    bad[1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf in 1 of 4 rows"):
+        comp.encode(bad)
+
+
+def test_load_rejects_foreign_files(tmp_path) -> None:
+    path = tmp_path / "other.pt"
+    torch.save({"format": "something-else"}, path)
+    with pytest.raises(ValueError, match="not an sbikit compressor"):
+        load_compressor(path)
+    with pytest.raises(FileNotFoundError):
+        load_compressor(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="not an sbikit Compressor subclass"):
+        FrozenEmbedding({"class": "torch.nn:Linear", "kwargs": {}})
+
+
+def test_same_seed_same_compressor(grf_data) -> None:
+    theta, x = grf_data
+    a = AutoEncoder(4, channels=SMALL).fit(x, **FAST).encode(x)
+    b = AutoEncoder(4, channels=SMALL).fit(x, **FAST).encode(x)
+    assert torch.equal(a, b)
+
+
+def test_conv_networks_accept_channels_and_odd_sizes() -> None:
+    enc = ConvEncoder((3, 10, 7), 5, channels=SMALL)
+    assert enc(torch.randn(2, 3, 10, 7)).shape == (2, 5)
+    dec = ConvDecoder(5, (3, 10, 7), channels=SMALL)
+    assert dec(torch.randn(2, 5)).shape == (2, 3, 10, 7)
+    flat = ConvEncoder((10, 7), 5, channels=SMALL, pooling="flatten")
+    assert flat(torch.randn(2, 10, 7)).shape == (2, 5)
+    with pytest.raises(ValueError, match="images of shape"):
+        ConvEncoder((10,), 5)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        ConvEncoder((10, 7), 5, pooling="max")
+
+
+@pytest.mark.parametrize("pooling", ["power", "mean"])
+def test_conv_encoder_poolings_shapes_and_gradients(pooling) -> None:
+    enc = ConvEncoder((2, 9, 8), 3, channels=SMALL, pooling=pooling)
+    assert enc.get_config()["pooling"] == pooling
+    width = SMALL[-1] + (2 * sum(SMALL) if pooling == "power" else 0)
+    assert enc.head[0].in_features == width
+    out = enc(torch.randn(4, 2, 9, 8))
+    assert out.shape == (4, 3)
+    out.sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in enc.parameters())
+
+
+def test_power_pooling_band_power_shifts_by_twice_the_log_scale() -> None:
+    # Exact identity: with pooling="power" the log band power of the first (linear) convolution
+    # shifts by exactly 2 log(c) when the image is scaled by c (bias removed to make it exact).
+    enc = ConvEncoder((8, 8), 2, channels=SMALL, pooling="power").double()
+    conv = enc.features[0]
+    torch.nn.init.zeros_(conv.bias)
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    band = [torch.log(conv(v).square().mean(dim=(-2, -1))) for v in (x, 3.0 * x)]
+    torch.testing.assert_close(band[1] - band[0], torch.full_like(band[0], 2 * math.log(3.0)))
+
+
+# -- PCA ----------------------------------------------------------------------------------------------
+
+
+def test_pca_matches_numpy_svd_and_whitens(grf_data) -> None:
+    _, x = grf_data
+    pca = PCA(5, whiten=True).fit(x, device="cpu")
+    flat = x.reshape(len(x), -1).double().numpy()
+    centred = flat - flat.mean(0)
+    _, s, vh = np.linalg.svd(centred, full_matrices=False)
+    comps = pca.components.double().numpy()
+    # Components agree with numpy's up to sign (float32 storage: atol 1e-5).
+    for i in range(5):
+        sign = np.sign(comps[i] @ vh[i])
+        np.testing.assert_allclose(comps[i], sign * vh[i], atol=1e-5)
+    np.testing.assert_allclose(pca.component_std.numpy(), s[:5] / math.sqrt(len(x) - 1), rtol=1e-5)
+    z = pca.encode(x).double().numpy()
+    # Whitened summaries of the training data have zero mean and unit covariance (exact identity).
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(np.cov(z.T), np.eye(5), atol=1e-4)
+    raw = PCA(5, whiten=False).fit(x, device="cpu").encode(x).double().numpy()
+    np.testing.assert_allclose(raw, centred @ (comps.T), atol=1e-4)
+    # decode is the projection on the components.
+    proj = pca.decode(pca.encode(x)).reshape(len(x), -1).double().numpy()
+    np.testing.assert_allclose(proj, flat.mean(0) + centred @ comps.T @ comps, atol=1e-4)
+
+
+def test_pca_errors() -> None:
+    with pytest.raises(ValueError, match="num_summaries"):
+        PCA(0)
+    with pytest.raises(ValueError, match="exceeds the data dimension"):
+        PCA(20).fit(torch.randn(50, 4, 4))
+    with pytest.raises(ValueError, match="at least 2"):
+        PCA(2).fit(torch.randn(1, 4, 4))
+
+
+# -- VAE ------------------------------------------------------------------------------------------------
+
+
+def test_vae_elbo_decreases_and_samples(grf_data) -> None:
+    _, x = grf_data
+    vae = VAE(4, channels=SMALL).fit(x, max_epochs=8, progress=False, device="cpu", seed=0)
+    loss = vae.history.train_loss  # negative ELBO per image
+    assert loss[-1] < loss[0]
+    before = VAE(4, channels=SMALL, x_shape=(8, 8))
+    before._set_standardization(x)
+    before.fitted.fill_(True)  # untrained weights, for comparison only
+    assert float(vae.elbo(x).mean()) > float(before.elbo(x).mean())
+    new = vae.sample(7, seed=0)
+    assert new.shape == (7, 8, 8) and torch.isfinite(new).all()
+    assert torch.equal(new, vae.sample(7, seed=0))
+    assert vae.sample(3, seed=1, noise=True).shape == (3, 8, 8)
+    assert vae.decode(torch.zeros(2, 4)).shape == (2, 8, 8)
+    with pytest.raises(ValueError, match=r"z must have shape \(n, 4\)"):
+        vae.decode(torch.zeros(2, 3))
+
+
+# -- contrastive ------------------------------------------------------------------------------------------
+
+
+def _nt_xent_direct(za: torch.Tensor, zb: torch.Tensor, t: float) -> float:
+    """SimCLR's loss written out term by term with loops (float64)."""
+    z = torch.cat([za, zb]).double()
+    z = z / z.norm(dim=1, keepdim=True)
+    n = len(z)
+    b = n // 2
+    total = 0.0
+    for i in range(n):
+        p = (i + b) % n
+        denom = sum(math.exp(float(z[i] @ z[j]) / t) for j in range(n) if j != i)
+        total += -math.log(math.exp(float(z[i] @ z[p]) / t) / denom)
+    return total / n
+
+
+def test_nt_xent_matches_the_formula() -> None:
+    gen = torch.Generator().manual_seed(0)
+    za, zb = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    for t in (0.1, 0.5, 1.0):
+        assert float(nt_xent(za.double(), zb.double(), t)) == pytest.approx(_nt_xent_direct(za, zb, t), abs=1e-10)
+
+
+def test_nt_xent_is_lowest_for_identical_pairs() -> None:
+    # Orthonormal projections with identical pairs: the positive has similarity 1 and the
+    # 2b - 2 negatives 0, so l = -1/t + log(e^(1/t) + 2b - 2) = log(1 + (2b - 2) e^(-1/t)).
+    b, t = 4, 0.2
+    z = torch.eye(b, 6, dtype=torch.float64)
+    expected = math.log(1 + (2 * b - 2) * math.exp(-1 / t))
+    assert float(nt_xent(z, z, t)) == pytest.approx(expected, abs=1e-12)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):  # any mismatched pairing scores worse
+        other = z[torch.randperm(b, generator=gen)]
+        if not torch.equal(other, z):
+            assert float(nt_xent(z, other, t)) > expected
+    with pytest.raises(ValueError, match="must both have shape"):
+        nt_xent(z, z[:, :3])
+
+
+def test_vicreg_prefers_invariant_spread_embeddings() -> None:
+    gen = torch.Generator().manual_seed(0)
+    z = 2 * torch.randn(64, 4, generator=gen)
+    shuffled = z[torch.randperm(64, generator=gen)]
+    collapsed = torch.zeros(64, 4)
+    assert float(vicreg(z, z)) < float(vicreg(z, shuffled))
+    # Collapse is penalised by the variance term: 2 views x 25 x relu(1 - 0.01) each.
+    assert float(vicreg(collapsed, collapsed)) == pytest.approx(2 * 25 * (1 - 0.01), rel=1e-6)
+
+
+def test_augment_keeps_shapes_and_pixel_values() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(16, 2, 6, 6)
+    out = Augment(rotate90=True, flip=True, max_shift=2, noise_std=0.0)(x)
+    assert out.shape == x.shape
+    # Rotations, flips and circular shifts permute pixels: each image keeps its sorted values.
+    torch.testing.assert_close(out.reshape(16, -1).sort(1).values, x.reshape(16, -1).sort(1).values)
+    assert not torch.equal(out, x)
+    noisy = Augment(rotate90=False, flip=False, noise_std=0.5)(x)
+    assert 0.3 < float((noisy - x).std()) < 0.7
+    with pytest.raises(ValueError, match="square"):
+        Augment()(torch.randn(2, 4, 6))
+    with pytest.raises(ValueError, match="max_shift"):
+        Augment(max_shift=-1)
+
+
+def test_contrastive_with_simulation_pairs(grf_data) -> None:
+    theta, x = grf_data
+    sim = simulators.get("grf", size=8)
+    pair = sim.simulate(theta, seed=2)
+    comp = Contrastive(4, augment=None, channels=SMALL, projection_features=8)
+    with pytest.raises(ValueError, match="x_pair"):
+        comp.fit(x, **FAST)
+    comp.fit(x, x_pair=pair, **FAST)
+    assert comp.encode(x).shape == (len(x), 4)
+    with pytest.raises(ValueError, match="as many rows"):
+        Contrastive(4, channels=SMALL).fit(x, x_pair=pair[:10], **FAST)
+
+
+# -- regression ---------------------------------------------------------------------------------------------
+
+
+def test_regression_learns_a_linear_image_model() -> None:
+    # x = theta * pattern + 0.05 noise: the CNN must recover theta. The noise alone limits the
+    # error to about 0.05 / |pattern| ~ 0.006; an untrained net is at the prior std 0.58.
+    gen = torch.Generator().manual_seed(0)
+    pattern = torch.randn(8, 8, generator=gen)
+    theta = torch.rand(1024, 1, generator=gen) * 2 - 1
+    x = theta[:, :, None] * pattern + 0.05 * torch.randn(1024, 8, 8, generator=gen)
+    reg = Regression(channels=(8, 16), pooling="flatten").fit(
+        x[:900], theta[:900], max_epochs=40, progress=False, device="cpu", seed=0, learning_rate=3e-3
+    )
+    rmse = float(((reg.encode(x[900:]) - theta[900:]) ** 2).mean().sqrt())
+    assert rmse < 0.1, rmse
+    with pytest.raises(ValueError, match="needs theta"):
+        Regression().fit(x)
+    with pytest.raises(ValueError, match="same number of rows"):
+        Regression(channels=SMALL).fit(x, theta[:10], **FAST)
+
+
+# -- as NPE embeddings -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["pca", "regression"])
+def test_frozen_compressor_in_npe(name: str, grf_data, tmp_path) -> None:
+    theta, x = grf_data
+    comp = _fit(_make(name), x, theta)
+    before = {k: v.clone() for k, v in comp.state_dict().items()}
+    post = sbikit.NPE(simulators.get("grf", size=8).prior, embedding=comp, device="cpu").fit(
+        theta, x, seed=0, max_epochs=3, progress=False
+    )
+    emb = post.flow.embedding
+    assert isinstance(emb, FrozenEmbedding)
+    assert all(not p.requires_grad for p in emb.parameters())
+    assert not emb.compressor.training
+    assert all(torch.equal(before[k], v) for k, v in comp.state_dict().items())  # the user's copy is untouched
+    assert all(torch.equal(before[k], v) for k, v in emb.compressor.state_dict().items())  # and the trained one
+    # NPE passes raw x: the frozen embedding reproduces encode() exactly.
+    assert float(post.flow.c_shift.abs().max()) == 0.0 and float(post.flow.c_scale.min()) == 1.0
+    torch.testing.assert_close(post.flow.embed(x[:5]), comp.encode(x[:5]))
+    # One backward pass gives the flow gradients and the compressor none.
+    loss = -post.flow.log_prob(post.prior.to_unconstrained(theta[:8]), x[:8]).mean()
+    loss.backward()
+    assert all(p.grad is None for p in emb.parameters())
+    assert any(p.grad is not None for p in post.flow.transform.parameters())
+    path = post.save(tmp_path / "post.pt")
+    back = sbikit.load(path)
+    torch.testing.assert_close(back.log_prob(theta[:5], x=x[0]), post.log_prob(theta[:5], x=x[0]))
+
+
+def test_npe_cnn_embedding(grf_data, tmp_path) -> None:
+    theta, x = grf_data
+    prior = simulators.get("grf", size=8).prior
+    post = sbikit.NPE(prior, embedding="cnn", device="cpu").fit(theta, x, seed=0, max_epochs=2, progress=False)
+    assert isinstance(post.flow.embedding, ConvEncoder)
+    assert post.flow.embedding.out_features == 8
+    assert post.flow.embedding.pooling == "power"
+    # A jointly trained CNN gets its own defaults (docs/compressors.md); vectors keep NPE's.
+    assert post.info["learning_rate"][0] == pytest.approx(sbikit.inference.npe.CONV_LEARNING_RATE)
+    vec = sbikit.NPE(prior, device="cpu").fit(theta, x.reshape(len(x), -1), seed=0, max_epochs=1, progress=False)
+    assert vec.info["learning_rate"][0] == pytest.approx(sbikit.inference.npe.VECTOR_LEARNING_RATE)
+    assert post.sample(10, x=x[0], seed=0).shape == (10, 2)
+    back = sbikit.load(post.save(tmp_path / "cnn.pt"))
+    torch.testing.assert_close(back.log_prob(theta[:5], x=x[0]), post.log_prob(theta[:5], x=x[0]))
+    with pytest.raises(ValueError, match="images of shape"):
+        sbikit.NPE(prior, embedding="cnn", device="cpu").fit(theta, x.reshape(len(x), -1), max_epochs=1)
+    with pytest.raises(ValueError, match="'cnn'"):
+        sbikit.NPE(prior, embedding="resnet", device="cpu").fit(theta, x, max_epochs=1)
+    with pytest.raises(ValueError, match="fitted on x_shape"):
+        sbikit.NPE(prior, embedding=PCA(2).fit(torch.randn(20, 4, 4)), device="cpu").fit(theta, x, max_epochs=1)
+
+
+def test_nle_on_summaries(grf_data) -> None:
+    # NLE has no embedding: its flow models the summaries themselves, so the recipe is to
+    # encode x and fit NLE on (theta, summaries), and to encode observations the same way.
+    theta, x = grf_data
+    pca = PCA(3).fit(x, device="cpu")
+    post = sbikit.NLE(simulators.get("grf", size=8).prior, device="cpu").fit(
+        theta, pca.encode(x), seed=0, max_epochs=2, progress=False
+    )
+    ll = post.log_likelihood(theta[:4], pca.encode(x[0]))
+    assert ll.shape == (4,) and torch.isfinite(ll).all()
+
+
+def test_frozen_embedding_needs_a_fitted_compressor() -> None:
+    with pytest.raises(RuntimeError, match="not fitted"):
+        PCA(2).as_embedding()
+    with pytest.raises(TypeError, match="Compressor"):
+        FrozenEmbedding(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
+
+
+@pytest.mark.gpu
+def test_compressor_trains_and_encodes_on_cuda(grf_data) -> None:
+    theta, x = grf_data
+    reg = Regression(channels=SMALL).fit(x, theta, max_epochs=2, progress=False, device="cuda", seed=0)
+    assert reg.device.type == "cuda"
+    s = reg.encode(x)
+    assert s.device.type == "cpu"
+    torch.testing.assert_close(reg.to_device("cpu").encode(x), s, atol=1e-4, rtol=1e-4)
