@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,6 +62,8 @@ class AutoEncoder(Compressor):
         patience: int = 10,
         device: str | torch.device = "auto",
         progress: bool = True,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
     ) -> AutoEncoder:
         """Train by minimising the reconstruction error with :func:`sbikit.train.fit`.
 
@@ -71,6 +74,9 @@ class AutoEncoder(Compressor):
             batch_size, learning_rate, max_epochs, validation_fraction, patience, progress:
                 passed to :func:`sbikit.train.fit`.
             device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+            checkpoint: file written atomically after every epoch; with ``resume=True`` a
+                killed fit continues from it (see :func:`sbikit.train.fit`).
+            resume: continue from ``checkpoint`` when it exists.
 
         Returns:
             self, on ``device``; ``self.history`` holds the losses.
@@ -89,6 +95,8 @@ class AutoEncoder(Compressor):
             validation_fraction=validation_fraction,
             patience=patience,
             progress=progress,
+            checkpoint=checkpoint,
+            resume=resume,
         )
         return self
 

@@ -9,6 +9,7 @@ is not part of the summary.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -160,6 +161,8 @@ class Contrastive(Compressor):
         patience: int = 10,
         device: str | torch.device = "auto",
         progress: bool = True,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
     ) -> Contrastive:
         """Train on positive pairs with :func:`sbikit.train.fit`.
 
@@ -177,6 +180,9 @@ class Contrastive(Compressor):
             learning_rate, max_epochs, validation_fraction, patience, progress: passed to
                 :func:`sbikit.train.fit`.
             device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+            checkpoint: file written atomically after every epoch; with ``resume=True`` a
+                killed fit continues from it (see :func:`sbikit.train.fit`).
+            resume: continue from ``checkpoint`` when it exists.
 
         Returns:
             self.
@@ -203,6 +209,8 @@ class Contrastive(Compressor):
             validation_fraction=validation_fraction,
             patience=patience,
             progress=progress,
+            checkpoint=checkpoint,
+            resume=resume,
         )
         return self
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,6 +74,8 @@ class Regression(Compressor):
         patience: int = 10,
         device: str | torch.device = "auto",
         progress: bool = True,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
     ) -> Regression:
         """Train the CNN to predict ``theta`` with :func:`sbikit.train.fit`.
 
@@ -83,6 +86,9 @@ class Regression(Compressor):
             batch_size, learning_rate, max_epochs, validation_fraction, patience, progress:
                 passed to :func:`sbikit.train.fit`.
             device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+            checkpoint: file written atomically after every epoch; with ``resume=True`` a
+                killed fit continues from it (see :func:`sbikit.train.fit`).
+            resume: continue from ``checkpoint`` when it exists.
 
         Returns:
             self.
@@ -117,6 +123,8 @@ class Regression(Compressor):
             validation_fraction=validation_fraction,
             patience=patience,
             progress=progress,
+            checkpoint=checkpoint,
+            resume=resume,
         )
         return self
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -101,6 +102,8 @@ class VAE(Compressor):
         patience: int = 10,
         device: str | torch.device = "auto",
         progress: bool = True,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
     ) -> VAE:
         """Train by maximising the ELBO (:func:`vae_loss`) with :func:`sbikit.train.fit`.
 
@@ -111,6 +114,9 @@ class VAE(Compressor):
             batch_size, learning_rate, max_epochs, validation_fraction, patience, progress:
                 passed to :func:`sbikit.train.fit`.
             device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+            checkpoint: file written atomically after every epoch; with ``resume=True`` a
+                killed fit continues from it (see :func:`sbikit.train.fit`).
+            resume: continue from ``checkpoint`` when it exists.
 
         Returns:
             self; ``self.history.train_loss`` is the negative ELBO per image per epoch.
@@ -129,6 +135,8 @@ class VAE(Compressor):
             validation_fraction=validation_fraction,
             patience=patience,
             progress=progress,
+            checkpoint=checkpoint,
+            resume=resume,
         )
         return self
 
