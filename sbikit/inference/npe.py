@@ -29,7 +29,8 @@ __all__ = ["NPE", "npe_loss", "npe_batch_size", "resolve_flow", "CONV_LEARNING_R
 
 logger = logging.getLogger(__name__)
 
-# Default learning rates: flows on vectors, and flows trained jointly with a convolutional embedding.
+# Default learning rates: NSF on vectors (with batches of up to 512), and MAF / RealNVP or any flow
+# trained jointly with a convolutional embedding (with batches of up to 128).
 VECTOR_LEARNING_RATE = 3e-3
 CONV_LEARNING_RATE = 1e-3
 #: ``flow="auto"`` picks the spline flow up to this many parameters and MAF above it: NSF
@@ -56,8 +57,19 @@ def npe_loss(flow: ConditionalFlow, u: Tensor, x: Tensor) -> Tensor:
 
 
 def resolve_flow(flow: str, dim: int) -> str:
-    """The flow kind ``NPE`` builds: ``flow`` itself, or for ``"auto"`` NSF up to
-    :data:`AUTO_NSF_MAX_DIM` parameters and MAF above."""
+    """The flow kind ``NPE`` builds.
+
+    Args:
+        flow: ``"auto"``, ``"nsf"``, ``"maf"`` or ``"realnvp"`` (any case).
+        dim: number of parameters.
+
+    Returns:
+        ``flow`` in lower case, or for ``"auto"`` ``"nsf"`` up to :data:`AUTO_NSF_MAX_DIM`
+        parameters and ``"maf"`` above.
+
+    Raises:
+        ValueError: for an unknown flow name.
+    """
     kind = flow.lower()
     if kind not in ("auto", *FLOW_KINDS):
         raise ValueError(f"flow must be one of {('auto', *FLOW_KINDS)}, got {flow!r}")
