@@ -19,7 +19,7 @@ from torch import Tensor
 from sbikit.flows import ConditionalFlow
 from sbikit.train import StreamingData, is_out_of_core, running_moments, stream_or_load
 
-__all__ = ["training_inputs", "pair_stream", "standardize_from_stream"]
+__all__ = ["training_inputs", "pair_stream", "standardize_from_stream", "standardize"]
 
 PairFn = Callable[[Tensor, Tensor], list[Tensor]]
 
@@ -116,3 +116,16 @@ def standardize_from_stream(flow: ConditionalFlow, data: StreamingData, *, stack
             stacklevel=stacklevel,
         )
     return kept
+
+
+def standardize(flow: ConditionalFlow, data: tuple[Tensor, ...] | StreamingData) -> int:
+    """Set the flow's z-scoring from in-memory tensors ``(y, context)`` or a stream of them.
+
+    Returns:
+        The number of training rows (after dropping non-finite streamed rows, with a warning
+        that points at the user's ``fit`` call).
+    """
+    if isinstance(data, StreamingData):
+        return standardize_from_stream(flow, data, stacklevel=4)
+    flow.set_standardization(*data)
+    return len(data[0])

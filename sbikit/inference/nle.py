@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from sbikit.flows import ConditionalFlow, build_flow
-from sbikit.inference._store_data import pair_stream, standardize_from_stream, training_inputs
+from sbikit.inference._store_data import pair_stream, standardize, training_inputs
 from sbikit.inference.estimator import FlowEstimator
 from sbikit.inference.posterior import TrainedFlowModel
 from sbikit.train import StreamingData, fit
@@ -126,11 +126,7 @@ class NLE(FlowEstimator):
                 num_transforms=self.num_transforms,
                 num_bins=self.num_bins,
             )
-        if isinstance(data, StreamingData):
-            num_rows = standardize_from_stream(flow, data)
-        else:
-            flow.set_standardization(*data)
-            num_rows = len(data[0])
+        num_rows = standardize(flow, data)
         result = fit(
             flow,
             nle_loss,

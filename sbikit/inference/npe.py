@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from sbikit.flows import FLOW_KINDS, ConditionalFlow, build_flow
-from sbikit.inference._store_data import pair_stream, standardize_from_stream, training_inputs
+from sbikit.inference._store_data import pair_stream, standardize, training_inputs
 from sbikit.inference.estimator import FlowEstimator
 from sbikit.inference.posterior import FlowPosterior
 from sbikit.priors import as_prior
@@ -219,11 +219,7 @@ class NPE(FlowEstimator):
                 num_transforms=self.num_transforms,
                 num_bins=self.num_bins,
             )
-        if isinstance(data, StreamingData):
-            num_rows = standardize_from_stream(flow, data)
-        else:
-            flow.set_standardization(*data)
-            num_rows = len(data[0])
+        num_rows = standardize(flow, data)
         if getattr(flow.embedding, "takes_raw_input", False):  # a frozen compressor z-scores x itself
             flow.c_shift.zero_()
             flow.c_scale.fill_(1.0)
