@@ -12,6 +12,13 @@ Three families are available through :func:`build_flow`:
 * ``"realnvp"``: affine coupling layers with alternating masks whose networks take the
   context;
 * ``"nsf"``: masked autoregressive rational-quadratic splines with linear tails.
+
+The autoregressive families use :class:`ConditionalMADE` as their conditioner, not nflows'
+``MADE``: in nflows' MADE the context reaches only hidden units that the output mask hides
+from the first feature, so in every layer the first feature's transform ignores the
+context (bayesiains/nflows pull request 85). Files saved before this fix record
+``conditioner="nflows_made"`` (filled in by :meth:`FlowConfig.from_dict`) and load as
+they were trained.
 """
 
 from __future__ import annotations
@@ -30,12 +37,17 @@ from nflows.transforms import (
     RandomPermutation,
     Transform,
 )
+from nflows.transforms.autoregressive import AutoregressiveTransform
+from nflows.transforms.splines.rational_quadratic import rational_quadratic_spline
 from torch import Tensor, nn
 
-__all__ = ["FlowConfig", "ConditionalFlow", "build_flow", "FLOW_KINDS"]
+__all__ = ["FlowConfig", "ConditionalFlow", "ConditionalMADE", "build_flow", "FLOW_KINDS", "CONDITIONERS"]
 
 FlowKind = Literal["maf", "realnvp", "nsf"]
 FLOW_KINDS: tuple[str, ...] = ("maf", "realnvp", "nsf")
+#: Conditioners of the autoregressive layers: sbikit's (every output sees the context) and
+#: nflows' original MADE (kept only to load files saved before the fix).
+CONDITIONERS: tuple[str, ...] = ("context_made", "nflows_made")
 _LOG_2PI = math.log(2 * math.pi)
 
 
@@ -52,6 +64,8 @@ class FlowConfig:
         num_blocks: hidden layers (or residual blocks) per conditioner.
         num_bins: spline bins (``nsf`` only).
         tail_bound: splines act on ``[-tail_bound, tail_bound]``, linear outside (``nsf`` only).
+        conditioner: ``"context_made"`` (:class:`ConditionalMADE`) or ``"nflows_made"``
+            (nflows' MADE, whose first feature ignores the context; old files only).
     """
 
     kind: str = "maf"
@@ -62,9 +76,137 @@ class FlowConfig:
     num_blocks: int = 2
     num_bins: int = 8
     tail_bound: float = 5.0
+    conditioner: str = "context_made"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FlowConfig:
+        """Rebuild a saved config; one saved before ``conditioner`` existed used nflows' MADE."""
+        return cls(**{"conditioner": "nflows_made", **data})
+
+
+class _MaskedLinear(nn.Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask ``(out, in)``."""
+
+    def __init__(self, mask: Tensor) -> None:
+        super().__init__(mask.shape[1], mask.shape[0])
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return nn.functional.linear(inputs, self.weight * self.mask, self.bias)
+
+
+class ConditionalMADE(nn.Module):
+    """Masked autoencoder (MADE) for conditional autoregressive flows.
+
+    Features get degrees ``1..D``; hidden units get degrees ``0..D-1`` in turn, and a unit
+    of degree ``k`` sees the features of degree ``<= k`` and the whole context. Output
+    ``i`` reads hidden units of degree ``< i``, so it depends on features ``< i`` (the
+    autoregressive property) and, through the degree-0 units, always on the context:
+    the first feature too, unlike nflows' MADE, whose hidden degrees start at 1.
+
+    Args:
+        features: ``D``, the autoregressive dimension.
+        hidden_features: width of every hidden layer.
+        context_features: width of the context (fed unmasked to the first hidden layer).
+        num_blocks: hidden-to-hidden layers after the first hidden layer (as in nflows' MADE).
+        output_multiplier: outputs per feature; outputs come grouped by feature,
+            ``(n, D * output_multiplier)`` with feature ``i``'s block at
+            ``[i * m, (i + 1) * m)``, the layout nflows' autoregressive transforms expect.
+        activation: elementwise nonlinearity.
+    """
+
+    def __init__(
+        self,
+        features: int,
+        hidden_features: int,
+        context_features: int,
+        *,
+        num_blocks: int,
+        output_multiplier: int,
+        activation: Any = torch.relu,
+    ) -> None:
+        super().__init__()
+        in_degrees = torch.arange(1, features + 1)
+        hidden_degrees = torch.arange(hidden_features) % features
+        out_degrees = in_degrees.repeat_interleave(output_multiplier)
+        self.activation = activation
+        self.initial_layer = _MaskedLinear(hidden_degrees[:, None] >= in_degrees[None, :])
+        self.context_layer = nn.Linear(context_features, hidden_features)
+        self.blocks = nn.ModuleList(
+            _MaskedLinear(hidden_degrees[:, None] >= hidden_degrees[None, :]) for _ in range(num_blocks)
+        )
+        self.final_layer = _MaskedLinear(out_degrees[:, None] > hidden_degrees[None, :])
+
+    def forward(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
+        """Autoregressive parameters ``(n, D * output_multiplier)`` of inputs ``(n, D)`` and context ``(n, C)``."""
+        if context is None:
+            raise ValueError("ConditionalMADE needs a context")
+        h = self.activation(self.initial_layer(inputs) + self.context_layer(context))
+        for block in self.blocks:
+            h = self.activation(block(h))
+        return self.final_layer(h)
+
+
+class SplineAutoregressive(MaskedPiecewiseRationalQuadraticAutoregressiveTransform):
+    """nflows' autoregressive rational-quadratic spline layer (linear tails), without boolean indexing.
+
+    nflows evaluates the spline on the rows inside ``[-tail_bound, tail_bound]`` by boolean
+    indexing (``nonzero``, gathers and scatters forwards and backwards). Here the spline is
+    evaluated on clamped inputs everywhere (nflows' ``rational_quadratic_spline``) and the
+    identity is selected outside the interval: the same function, with fewer and cheaper
+    operations per step.
+    """
+
+    def _elementwise(self, inputs: Tensor, autoregressive_params: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:
+        batch, features = inputs.shape[0], inputs.shape[1]
+        if inputs.numel() == 0:
+            return inputs.clone(), inputs.new_zeros(batch)
+        params = autoregressive_params.view(batch, features, self._output_dim_multiplier())
+        k, bound = self.num_bins, self.tail_bound
+        # Boundary derivatives of 1 (the linear tails' slope), as nflows sets them.
+        edge = math.log(math.expm1(1.0 - self.min_derivative))
+        derivatives = nn.functional.pad(params[..., 2 * k :], (1, 1), value=edge)
+        inside = (inputs >= -bound) & (inputs <= bound)
+        outputs, logabsdet = rational_quadratic_spline(
+            inputs=inputs.clamp(-bound, bound),
+            unnormalized_widths=params[..., :k],
+            unnormalized_heights=params[..., k : 2 * k],
+            unnormalized_derivatives=derivatives,
+            inverse=inverse,
+            left=-bound,
+            right=bound,
+            bottom=-bound,
+            top=bound,
+            min_bin_width=self.min_bin_width,
+            min_bin_height=self.min_bin_height,
+            min_derivative=self.min_derivative,
+        )
+        outputs = torch.where(inside, outputs, inputs)
+        logabsdet = torch.where(inside, logabsdet, torch.zeros_like(logabsdet))
+        return outputs, logabsdet.sum(-1)
+
+
+def _autoregressive(cls: type[AutoregressiveTransform], cfg: FlowConfig, activation: Any, **kwargs: Any) -> Transform:
+    """An nflows autoregressive transform ``cls`` whose conditioner is ``cfg.conditioner``."""
+    if cfg.conditioner not in CONDITIONERS:
+        raise ValueError(f"conditioner must be one of {CONDITIONERS}, got {cfg.conditioner!r}")
+    common = dict(features=cfg.features, context_features=cfg.context_features, use_residual_blocks=False, **kwargs)
+    if cfg.conditioner == "nflows_made":
+        return cls(hidden_features=cfg.hidden_features, num_blocks=cfg.num_blocks, activation=activation, **common)
+    # Build nflows' transform with a throw-away one-unit MADE, then give it the conditional one.
+    transform = cls(hidden_features=1, num_blocks=0, **common)
+    transform.autoregressive_net = ConditionalMADE(
+        cfg.features,
+        cfg.hidden_features,
+        cfg.context_features,
+        num_blocks=cfg.num_blocks,
+        output_multiplier=transform._output_dim_multiplier(),
+        activation=activation,
+    )
+    return transform
 
 
 def _build_transform(cfg: FlowConfig) -> Transform:
@@ -75,30 +217,18 @@ def _build_transform(cfg: FlowConfig) -> Transform:
     layers: list[Transform] = []
     for i in range(cfg.num_transforms):
         if cfg.kind == "maf":
-            layers.append(
-                MaskedAffineAutoregressiveTransform(
-                    features=cfg.features,
-                    hidden_features=cfg.hidden_features,
-                    context_features=cfg.context_features,
-                    num_blocks=cfg.num_blocks,
-                    use_residual_blocks=False,
-                    activation=torch.tanh,
-                )
-            )
+            layers.append(_autoregressive(MaskedAffineAutoregressiveTransform, cfg, torch.tanh))
             if cfg.features > 1:
                 layers.append(RandomPermutation(cfg.features))
         elif cfg.kind == "nsf":
             layers.append(
-                MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
-                    features=cfg.features,
-                    hidden_features=cfg.hidden_features,
-                    context_features=cfg.context_features,
+                _autoregressive(
+                    SplineAutoregressive,
+                    cfg,
+                    torch.relu,
                     num_bins=cfg.num_bins,
                     tails="linear",
                     tail_bound=cfg.tail_bound,
-                    num_blocks=cfg.num_blocks,
-                    use_residual_blocks=False,
-                    activation=torch.relu,
                 )
             )
             if cfg.features > 1:

@@ -304,3 +304,87 @@ def test_flow_config_round_trip() -> None:
     rebuilt.load_state_dict(flow.state_dict())
     y, c = torch.randn(5, 2), torch.randn(5, 3)
     torch.testing.assert_close(rebuilt.log_prob(y, c), flow.log_prob(y, c))
+
+
+# -- the conditioner: every feature sees the context ---------------------------------------------
+
+
+def _autoregressive_layers(flow: ConditionalFlow) -> list[nn.Module]:
+    return [t for t in flow.transform._transforms if hasattr(t, "autoregressive_net")]
+
+
+@pytest.mark.parametrize("kind", ["maf", "nsf"])
+def test_every_feature_of_every_layer_depends_on_the_context(kind: str) -> None:
+    """Each autoregressive layer's output, at a fixed input, must move with the context in every column.
+
+    Negative control: nflows' MADE (``conditioner="nflows_made"``) leaves the first feature's
+    transform a constant of the context (its outputs for feature 1 are only a bias).
+    """
+    for conditioner, expect_all in (("context_made", True), ("nflows_made", False)):
+        # 32 units: ~10 see only the context, so not all of them are dead ReLUs at a random draw.
+        flow = build_flow(kind, 3, (2,), hidden_features=32, num_transforms=2, num_blocks=1)
+        flow = ConditionalFlow(FlowConfig(**{**flow.config.to_dict(), "conditioner": conditioner}), (2,)).double()
+        _perturb(flow, 0.5)
+        y = torch.randn(1, 3, dtype=F64).expand(16, -1)
+        c = torch.randn(16, 2, dtype=F64)
+        for layer in _autoregressive_layers(flow):
+            with torch.no_grad():
+                z, _ = layer(y, context=c)
+            spread = z.std(0)
+            if expect_all:
+                assert (spread > 1e-6).all(), f"{conditioner}: a feature ignores the context: {spread}"
+            else:
+                assert spread[0] < 1e-12 and (spread[1:] > 1e-6).all(), f"{conditioner}: {spread}"
+
+
+def test_conditional_made_is_autoregressive() -> None:
+    """Output block i (features in degree order) depends on inputs < i only: a strictly lower-triangular Jacobian."""
+    from sbikit.flows import ConditionalMADE
+
+    # tanh: no dead units, so every allowed connection shows in the Jacobian.
+    made = ConditionalMADE(4, 12, 3, num_blocks=2, output_multiplier=5, activation=torch.tanh).double()
+    _perturb(made, 0.3)
+    x, c = torch.randn(4, dtype=F64), torch.randn(1, 3, dtype=F64)
+    jac = jacobian(lambda row: made(row[None], c)[0], x).reshape(4, 5, 4)  # (output feature, multiplier, input)
+    dependence = jac.abs().sum(1) > 0
+    assert torch.equal(dependence, torch.ones(4, 4).tril(-1).bool()), dependence
+    jac_c = jacobian(lambda ctx: made(x[None], ctx[None])[0], c[0]).reshape(4, 5, 3)
+    assert (jac_c.abs().sum((1, 2)) > 0).all(), "some output block does not see the context"
+
+
+def test_spline_layer_equals_nflows_spline_layer() -> None:
+    """SplineAutoregressive (no boolean indexing) computes nflows' function, inside and beyond the tails."""
+    from nflows.transforms import MaskedPiecewiseRationalQuadraticAutoregressiveTransform
+
+    from sbikit.flows import SplineAutoregressive
+
+    kw = dict(features=3, hidden_features=16, context_features=2, num_bins=6, tails="linear", tail_bound=2.0)
+    torch.manual_seed(0)
+    ref = MaskedPiecewiseRationalQuadraticAutoregressiveTransform(**kw).double()
+    ours = SplineAutoregressive(**kw).double()
+    _perturb(ref, 0.3)
+    ours.load_state_dict(ref.state_dict())
+    y, c = 2.0 * torch.randn(300, 3, dtype=F64), torch.randn(300, 2, dtype=F64)
+    assert ((y.abs() > 2.0).any(1)).sum() > 50  # many rows in the linear tails
+    with torch.no_grad():
+        for direction in ("forward", "inverse"):
+            a, la = getattr(ref, direction)(y, context=c)
+            b, lb = getattr(ours, direction)(y, context=c)
+            torch.testing.assert_close(b, a, atol=1e-10, rtol=0)
+            torch.testing.assert_close(lb, la, atol=1e-10, rtol=0)
+
+
+def test_config_saved_before_the_conditioner_field_loads_nflows_made() -> None:
+    old = build_flow("nsf", 2, (3,), hidden_features=4, num_transforms=1, num_bins=4)
+    old = ConditionalFlow(FlowConfig(**{**old.config.to_dict(), "conditioner": "nflows_made"}), (3,))
+    saved = old.config.to_dict()
+    del saved["conditioner"]  # what files written before the fix hold
+    cfg = FlowConfig.from_dict(saved)
+    assert cfg.conditioner == "nflows_made"
+    rebuilt = ConditionalFlow(cfg, (3,))
+    rebuilt.load_state_dict(old.state_dict())
+    y, c = torch.randn(5, 2), torch.randn(5, 3)
+    torch.testing.assert_close(rebuilt.log_prob(y, c), old.log_prob(y, c))
+    assert FlowConfig.from_dict(build_flow("nsf", 2, (3,)).config.to_dict()).conditioner == "context_made"
+    with pytest.raises(ValueError, match="conditioner"):
+        ConditionalFlow(FlowConfig(kind="maf", conditioner="made2"), (2,))

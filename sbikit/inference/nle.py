@@ -326,6 +326,6 @@ class NLEPosterior(TrainedFlowModel):
         from sbikit.priors import prior_from_config
 
         prior = prior_from_config(config["prior"])
-        flow = ConditionalFlow(FlowConfig(**config["flow"]), (prior.dim,))
+        flow = ConditionalFlow(FlowConfig.from_dict(config["flow"]), (prior.dim,))
         flow.load_state_dict(state_dict)
         return cls(flow, prior, tuple(config["x_shape"]), info=info, theta_names=config.get("theta_names"))

@@ -315,7 +315,7 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Fl
         nle = NLEPosterior.from_saved(cfg, payload["state_dict"], json.loads(payload["info"]))
         return nle.to(device)  # type: ignore[return-value]
     prior = prior_from_config(cfg["prior"])
-    flow_cfg = FlowConfig(**cfg["flow"])
+    flow_cfg = FlowConfig.from_dict(cfg["flow"])
     flow = ConditionalFlow(flow_cfg, tuple(cfg["x_shape"]), _build_embedding(cfg.get("embedding")))
     flow.load_state_dict(payload["state_dict"])
     post = FlowPosterior(
