@@ -18,6 +18,7 @@ values shown for optional keys are their defaults)::
     # hidden_features = 128     # optional; left out means sbikit.NPE's default (128 nsf, 64 maf)
     # num_transforms = 5
     # num_bins = 8              # nsf only
+    # num_blocks = 2            # hidden layers after the first in each conditioner
 
     [train]                     # optional keys are passed to NPE.fit; left out = its default
     seed = 0
@@ -131,11 +132,12 @@ class EstimatorConfig:
     hidden_features: int | None = None
     num_transforms: int | None = None
     num_bins: int | None = None
+    num_blocks: int | None = None
 
     def npe_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``sbikit.NPE(prior, **kwargs)`` (only the ones set)."""
         out: dict[str, Any] = {"flow": self.flow, "device": self.device}
-        for key in ("hidden_features", "num_transforms", "num_bins"):
+        for key in ("hidden_features", "num_transforms", "num_bins", "num_blocks"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -425,7 +427,7 @@ def _parse(data: Mapping[str, Any], source: str | None) -> RunConfig:
     sec = _Section(
         "estimator",
         data.get("estimator", {}),
-        allowed=("flow", "device", "hidden_features", "num_transforms", "num_bins"),
+        allowed=("flow", "device", "hidden_features", "num_transforms", "num_bins", "num_blocks"),
     )
     estimator = EstimatorConfig(
         flow=sec.string("flow", EstimatorConfig.flow, choices=FLOWS),
@@ -433,6 +435,7 @@ def _parse(data: Mapping[str, Any], source: str | None) -> RunConfig:
         hidden_features=sec.integer("hidden_features", minimum=1),
         num_transforms=sec.integer("num_transforms", minimum=1),
         num_bins=sec.integer("num_bins", minimum=1),
+        num_blocks=sec.integer("num_blocks", minimum=0),
     )
 
     sec = _Section(

@@ -160,7 +160,9 @@ class SplineAutoregressive(MaskedPiecewiseRationalQuadraticAutoregressiveTransfo
     operations per step.
     """
 
-    def _elementwise(self, inputs: Tensor, autoregressive_params: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:
+    def _elementwise(
+        self, inputs: Tensor, autoregressive_params: Tensor, inverse: bool = False
+    ) -> tuple[Tensor, Tensor]:
         batch, features = inputs.shape[0], inputs.shape[1]
         if inputs.numel() == 0:
             return inputs.clone(), inputs.new_zeros(batch)

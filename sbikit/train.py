@@ -31,11 +31,42 @@ from tqdm.auto import tqdm
 
 from sbikit.priors import make_generator
 
-__all__ = ["FitResult", "fit", "default_batch_size", "StreamingData", "running_moments", "evaluate"]
+__all__ = [
+    "FitResult",
+    "fit",
+    "default_batch_size",
+    "cosine_learning_rate",
+    "StreamingData",
+    "running_moments",
+    "evaluate",
+    "SCHEDULES",
+]
 
 logger = logging.getLogger(__name__)
 
 LossFn = Callable[..., Tensor]
+#: Learning-rate schedules of :func:`fit`.
+SCHEDULES: tuple[str, ...] = ("plateau", "cosine")
+
+
+def cosine_learning_rate(
+    progress: float,
+    total_epochs: int,
+    learning_rate: float,
+    *,
+    min_learning_rate: float = 0.0,
+    warmup_epochs: float = 0.0,
+) -> float:
+    """Learning rate after ``progress`` epochs of a warm-up + half-cosine schedule.
+
+    Linear from ``learning_rate / warmup`` steps up to ``learning_rate`` during the first
+    ``warmup_epochs``, then ``min + (lr - min) * (1 + cos(pi * t)) / 2`` with ``t`` going
+    from 0 to 1 over the remaining epochs; ``min_learning_rate`` after ``total_epochs``.
+    """
+    if progress < warmup_epochs:
+        return learning_rate * max(progress, 1e-3 * warmup_epochs) / warmup_epochs
+    t = min(1.0, (progress - warmup_epochs) / max(total_epochs - warmup_epochs, 1e-12))
+    return min_learning_rate + (learning_rate - min_learning_rate) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
 @dataclass
@@ -104,6 +135,8 @@ def fit(
     lr_patience: int | None = None,
     lr_factor: float = 0.5,
     min_learning_rate: float = 1e-5,
+    schedule: str = "plateau",
+    warmup_epochs: float = 0.0,
     clip_norm: float | None = 5.0,
     weight_decay: float = 0.0,
     device: torch.device | str = "cpu",
@@ -135,6 +168,12 @@ def fit(
             by ``lr_factor``; ``None`` means ``max(2, patience // 3)``.
         lr_factor: learning-rate decay factor on plateaus.
         min_learning_rate: floor of the learning rate.
+        schedule: ``"plateau"``: multiply the rate by ``lr_factor`` after ``lr_patience``
+            epochs without a gain; ``"cosine"``: raise it linearly from 0 over
+            ``warmup_epochs``, then lower it along a half cosine to ``min_learning_rate`` at
+            ``max_epochs``, updated every step (``max_epochs`` is then the training budget;
+            early stopping still applies and the best validation weights are restored).
+        warmup_epochs: length of the linear warm-up (``"cosine"`` only; fractions allowed).
         clip_norm: gradient norm clipping threshold (``None`` turns it off).
         weight_decay: AdamW weight decay.
         device: where to train.
@@ -179,6 +218,10 @@ def fit(
         )
     if patience < 1 or max_epochs < 1:
         raise ValueError("patience and max_epochs must be >= 1")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if not 0.0 <= warmup_epochs < max_epochs:
+        raise ValueError(f"warmup_epochs must be in [0, max_epochs={max_epochs}), got {warmup_epochs}")
 
     device = torch.device(device)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
@@ -219,6 +262,9 @@ def fit(
             "lr_patience": lr_patience,
             "lr_factor": lr_factor,
             "min_learning_rate": min_learning_rate,
+            "schedule": schedule,
+            "warmup_epochs": warmup_epochs,
+            "max_epochs": max_epochs if schedule == "cosine" else None,
             "clip_norm": clip_norm,
             "data": source.describe(),
             "parameters": [f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items()],
@@ -258,7 +304,18 @@ def fit(
             model.train()
             total = torch.zeros((), device=device)
             count = 0
-            for batch in source.train_batches(bs, gen):
+            steps_per_epoch = max(1, math.ceil(n_train / bs))
+            for step, batch in enumerate(source.train_batches(bs, gen)):
+                if schedule == "cosine":
+                    rate = cosine_learning_rate(
+                        epoch + min(step / steps_per_epoch, 1.0),
+                        max_epochs,
+                        learning_rate,
+                        min_learning_rate=min_learning_rate,
+                        warmup_epochs=warmup_epochs,
+                    )
+                    for group in opt.param_groups:
+                        group["lr"] = rate
                 loss = loss_fn(model, *batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -292,7 +349,7 @@ def fit(
                 else:
                     since_best += 1
                     since_lr += 1
-                if since_lr >= lr_patience and lr > min_learning_rate:
+                if schedule == "plateau" and since_lr >= lr_patience and lr > min_learning_rate:
                     for group in opt.param_groups:
                         group["lr"] = max(min_learning_rate, group["lr"] * lr_factor)
                     since_lr = 0

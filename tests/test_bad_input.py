@@ -170,21 +170,32 @@ def test_auto_flow_picks_nsf_up_to_five_parameters_and_maf_above() -> None:
 
 
 def test_default_batch_and_learning_rate_follow_the_flow(monkeypatch) -> None:
-    # NSF trains with batches of up to 512 at 3e-3, MAF with up to 128 at 1e-3 (docs/defaults.md).
+    # NSF and MAF train with batches of up to 512 on a cosine schedule peaking at 6e-3 and 3e-3,
+    # RealNVP with up to 128 at 1e-3 halved on plateaus (docs/defaults.md).
     import sbikit.inference.npe as npe_module
 
-    seen: dict[str, tuple[int, float]] = {}
+    seen: dict[str, tuple] = {}
     real_fit = npe_module.fit
 
     def spy(model, loss_fn, data, **kwargs):
-        seen[model.config.kind] = (kwargs["batch_size"], kwargs["learning_rate"])
+        seen[model.config.kind] = (kwargs["batch_size"], kwargs["learning_rate"], kwargs["schedule"])
         return real_fit(model, loss_fn, data, **kwargs)
 
     monkeypatch.setattr(npe_module, "fit", spy)
     theta = _prior().sample(20_000, seed=0)
     x = theta + 0.1 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(1))
-    for flow in ("nsf", "maf"):
+    for flow in ("nsf", "maf", "realnvp"):
         NPE(_prior(), flow=flow, hidden_features=8, num_transforms=1, device="cpu").fit(
             theta, x, seed=0, max_epochs=1, progress=False
         )
-    assert seen == {"nsf": (512, 3e-3), "maf": (128, 1e-3)}
+    assert seen == {"nsf": (512, 6e-3, "cosine"), "maf": (512, 3e-3, "cosine"), "realnvp": (128, 1e-3, "plateau")}
+
+
+def test_spline_epochs_give_small_sets_more_passes() -> None:
+    from sbikit.inference.npe import default_recipe, spline_epochs
+
+    assert spline_epochs(9_000) == 60 and spline_epochs(90_000) == 60
+    assert spline_epochs(900) == 167 and spline_epochs(100) == 200
+    recipe = default_recipe("nsf", 9_000)
+    assert (recipe.schedule, recipe.max_epochs, recipe.warmup_epochs) == ("cosine", 60, 3.0)
+    assert default_recipe("nsf", 9_000, conv_embedding=True).schedule == "plateau"

@@ -69,11 +69,15 @@ class Crash(Exception):
     pass
 
 
-def test_resume_after_crash_mid_epoch_equals_uninterrupted(pairs, tmp_path):
-    """A run that dies in the middle of epoch 4 (after 3 checkpoints) resumes to the same result."""
+@pytest.mark.parametrize("schedule", [{}, {"schedule": "cosine", "warmup_epochs": 1.5}])
+def test_resume_after_crash_mid_epoch_equals_uninterrupted(pairs, tmp_path, schedule):
+    """A run that dies in the middle of epoch 4 (after 3 checkpoints) resumes to the same result.
+
+    The cosine schedule sets the rate from the epoch and step, so a resumed run follows it too.
+    """
     u, x = pairs
     full = new_flow(u, x)
-    r_full = fit(full, npe_loss, (u, x), max_epochs=6, **FIT)
+    r_full = fit(full, npe_loss, (u, x), max_epochs=6, **FIT, **schedule)
     steps_per_epoch = math.ceil((len(u) - round(0.1 * len(u))) / FIT["batch_size"])
     calls = 0
 
@@ -86,12 +90,13 @@ def test_resume_after_crash_mid_epoch_equals_uninterrupted(pairs, tmp_path):
 
     ckpt = tmp_path / "run.ckpt"
     with pytest.raises(Crash):
-        fit(new_flow(u, x), crashing_loss, (u, x), max_epochs=6, checkpoint=ckpt, **FIT)
+        fit(new_flow(u, x), crashing_loss, (u, x), max_epochs=6, checkpoint=ckpt, **FIT, **schedule)
     assert torch.load(ckpt, weights_only=True)["epoch"] == 3
     resumed = new_flow(u, x)
-    r_res = fit(resumed, npe_loss, (u, x), max_epochs=6, checkpoint=ckpt, resume=True, **FIT)
+    r_res = fit(resumed, npe_loss, (u, x), max_epochs=6, checkpoint=ckpt, resume=True, **FIT, **schedule)
     assert torch.equal(flat(resumed), flat(full))
     assert r_res.val_loss == r_full.val_loss
+    assert r_res.learning_rate == r_full.learning_rate
 
 
 def test_resume_of_a_finished_run_returns_its_best_weights(pairs, tmp_path):
@@ -153,13 +158,20 @@ def test_npe_fit_resume_pass_through(tmp_path):
     theta = sim.prior.sample(300, seed=0)
     x = sim.simulate(theta, seed=1)
     kw = {"seed": 0, "progress": False}
-    npe = sbikit.NPE(sim.prior, device="cpu", hidden_features=8, num_transforms=1)
-    full = npe.fit(theta, x, max_epochs=4, **kw)
-    npe.fit(theta, x, max_epochs=2, checkpoint=tmp_path / "npe.ckpt", **kw)
-    resumed = npe.fit(theta, x, max_epochs=4, checkpoint=tmp_path / "npe.ckpt", resume=True, **kw)
+    # A plateau schedule may be extended by a resumed run (raise max_epochs).
+    npe = sbikit.NPE(sim.prior, flow="maf", device="cpu", hidden_features=8, num_transforms=1)
+    plateau = kw | {"schedule": "plateau"}
+    full = npe.fit(theta, x, max_epochs=4, **plateau)
+    npe.fit(theta, x, max_epochs=2, checkpoint=tmp_path / "npe.ckpt", **plateau)
+    resumed = npe.fit(theta, x, max_epochs=4, checkpoint=tmp_path / "npe.ckpt", resume=True, **plateau)
     assert resumed.info["val_loss"] == full.info["val_loss"]
     x_o = torch.tensor([0.0, 0.1])
     assert torch.equal(resumed.sample(50, x=x_o, seed=1), full.sample(50, x=x_o, seed=1))
+    # A cosine schedule (NSF's default) is fixed by max_epochs: another budget is another run.
+    nsf = sbikit.NPE(sim.prior, device="cpu", hidden_features=8, num_transforms=1)
+    nsf.fit(theta, x, max_epochs=2, checkpoint=tmp_path / "nsf.ckpt", **kw)
+    with pytest.raises(ValueError, match="max_epochs"):
+        nsf.fit(theta, x, max_epochs=4, checkpoint=tmp_path / "nsf.ckpt", resume=True, **kw)
     nle = sbikit.NLE(sim.prior, device="cpu", hidden_features=8, num_transforms=1)
     nle.fit(theta, x, max_epochs=1, checkpoint=tmp_path / "nle.ckpt", **kw)
     assert nle.fit(theta, x, max_epochs=2, checkpoint=tmp_path / "nle.ckpt", resume=True, **kw).info["epochs"] == 2

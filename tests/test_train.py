@@ -217,6 +217,46 @@ def test_learning_rate_decays_on_plateaus() -> None:
     assert not result.stopped_early and result.epochs == 40
 
 
+def test_cosine_learning_rate_formula() -> None:
+    from sbikit.train import cosine_learning_rate as lr_at
+
+    assert lr_at(0.0, 10, 1.0, warmup_epochs=2.0) == pytest.approx(1e-3)  # not zero: the first step moves
+    assert lr_at(1.0, 10, 1.0, warmup_epochs=2.0) == pytest.approx(0.5)
+    assert lr_at(2.0, 10, 1.0, warmup_epochs=2.0) == pytest.approx(1.0)
+    assert lr_at(6.0, 10, 1.0, warmup_epochs=2.0) == pytest.approx(0.5)  # half-way down the cosine
+    assert lr_at(10.0, 10, 1.0, min_learning_rate=0.1) == pytest.approx(0.1)
+    assert lr_at(12.0, 10, 1.0, min_learning_rate=0.1) == pytest.approx(0.1)
+    assert lr_at(0.0, 10, 1.0) == 1.0  # no warm-up
+
+
+def test_cosine_schedule_warms_up_then_decays_every_step() -> None:
+    from sbikit.train import cosine_learning_rate
+
+    x, y = _regression()
+    kwargs = dict(seed=0, learning_rate=0.05, max_epochs=12, patience=1000, batch_size=90, progress=False)
+    result = fit(_model(), _mse, (x, y), schedule="cosine", warmup_epochs=2.0, min_learning_rate=1e-4, **kwargs)
+    steps = math.ceil(360 / 90)  # 400 rows, 40 held out
+    # The recorded rate is that of each epoch's last step.
+    expected = [
+        cosine_learning_rate(e + (steps - 1) / steps, 12, 0.05, min_learning_rate=1e-4, warmup_epochs=2.0)
+        for e in range(12)
+    ]
+    assert result.learning_rate == pytest.approx(expected)
+    assert result.learning_rate[0] < result.learning_rate[1]  # warming up
+    assert all(b < a for a, b in zip(result.learning_rate[2:], result.learning_rate[3:], strict=False))
+    assert result.learning_rate[-1] < 0.05 * 0.01
+    # Negative control: the plateau schedule keeps the initial rate while the loss improves.
+    plateau = fit(_model(), _mse, (x, y), **kwargs)
+    assert plateau.learning_rate[0] == 0.05
+
+
+@pytest.mark.parametrize("kwargs", [{"schedule": "linear"}, {"schedule": "cosine", "warmup_epochs": 5.0}])
+def test_bad_schedule_raises(kwargs: dict) -> None:
+    x, y = _regression()
+    with pytest.raises(ValueError, match="schedule|warmup_epochs"):
+        fit(_model(), _mse, (x, y), max_epochs=5, progress=False, **kwargs)
+
+
 def test_non_finite_loss_stops_and_keeps_best_weights() -> None:
     x, y = _regression()
     calls = {"n": 0}

@@ -23,6 +23,7 @@ class FlowEstimator:
         hidden_features: width of the flow's conditioner networks.
         num_transforms: number of flow layers.
         num_bins: spline bins (``nsf`` only).
+        num_blocks: hidden layers after the first in each conditioner.
         theta_names: optional parameter names carried by the posterior.
 
     Raises:
@@ -38,6 +39,7 @@ class FlowEstimator:
         hidden_features: int = 64,
         num_transforms: int = 5,
         num_bins: int = 8,
+        num_blocks: int = 2,
         theta_names: list[str] | None = None,
     ) -> None:
         if flow.lower() not in FLOW_KINDS:
@@ -48,4 +50,5 @@ class FlowEstimator:
         self.hidden_features = hidden_features
         self.num_transforms = num_transforms
         self.num_bins = num_bins
+        self.num_blocks = num_blocks
         self.theta_names = theta_names

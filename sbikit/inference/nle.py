@@ -125,6 +125,7 @@ class NLE(FlowEstimator):
                 hidden_features=self.hidden_features,
                 num_transforms=self.num_transforms,
                 num_bins=self.num_bins,
+                num_blocks=self.num_blocks,
             )
         num_rows = standardize(flow, data)
         result = fit(
