@@ -200,6 +200,10 @@ def test_parse_config_defaults():
     assert cfg.observation.theta_true == [0.3, -1.0]
     with pytest.raises(ConfigError, match=r"\[simulator\] name is required"):
         parse_config({"simulator": {}, "observation": {"x": [0.0]}})
+    blocks = parse_config(
+        {"simulator": {"name": "supernova"}, "estimator": {"num_blocks": 1}, "observation": {"theta_true": [0.3, -1]}}
+    )
+    assert blocks.estimator.npe_kwargs() == {"flow": "auto", "device": "auto", "num_blocks": 1}
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
