@@ -383,3 +383,15 @@ def test_calibration_config_errors(tmp_path, capsys) -> None:
     config.write_text(SMOKE.read_text() + "\n[calibration]\nenabled = true\nalpha = 1.5\n")
     assert main(["run", str(config), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "[calibration] alpha" in capsys.readouterr().err
+
+
+def test_train_schedule_in_config() -> None:
+    import sbikit.config
+    import sbikit.train
+
+    assert set(sbikit.config.SCHEDULES) == set(sbikit.train.SCHEDULES)
+    base = {"simulator": {"name": "supernova"}, "observation": {"theta_true": [0.3, -1]}}
+    cfg = parse_config(base | {"train": {"schedule": "plateau"}})
+    assert cfg.train.fit_kwargs() == {"seed": 0, "schedule": "plateau"}
+    with pytest.raises(ConfigError, match=r"\[train\] schedule must be one of"):
+        parse_config(base | {"train": {"schedule": "linear"}})
