@@ -102,8 +102,9 @@ def main() -> None:
     _, u, x = pairs(n, n)
     _, u_test, x_test = pairs(20_000, 999)
     if cfg.get("lu"):  # a learned LU-factorised linear map after every permutation
-        import sbikit.flows as flows_module
         from nflows.transforms import CompositeTransform, LULinear, RandomPermutation
+
+        import sbikit.flows as flows_module
 
         flows_module.RandomPermutation = lambda features: CompositeTransform(
             [RandomPermutation(features), LULinear(features, identity_init=True)]

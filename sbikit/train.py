@@ -59,9 +59,20 @@ def cosine_learning_rate(
 ) -> float:
     """Learning rate after ``progress`` epochs of a warm-up + half-cosine schedule.
 
-    Linear from ``learning_rate / warmup`` steps up to ``learning_rate`` during the first
-    ``warmup_epochs``, then ``min + (lr - min) * (1 + cos(pi * t)) / 2`` with ``t`` going
-    from 0 to 1 over the remaining epochs; ``min_learning_rate`` after ``total_epochs``.
+    Linear from 0 (floored at 1e-3 of the peak, so that the first step moves) up to
+    ``learning_rate`` during the first ``warmup_epochs``, then
+    ``min + (lr - min) * (1 + cos(pi * t)) / 2`` with ``t`` going from 0 to 1 over the
+    remaining epochs; ``min_learning_rate`` from ``total_epochs`` on.
+
+    Args:
+        progress: epochs done, fractional within an epoch (``epoch + step / steps_per_epoch``).
+        total_epochs: length of the schedule.
+        learning_rate: the peak rate.
+        min_learning_rate: the rate at the end.
+        warmup_epochs: length of the warm-up.
+
+    Returns:
+        The learning rate.
     """
     if progress < warmup_epochs:
         return learning_rate * max(progress, 1e-3 * warmup_epochs) / warmup_epochs

@@ -191,11 +191,11 @@ def test_default_batch_and_learning_rate_follow_the_flow(monkeypatch) -> None:
     assert seen == {"nsf": (512, 6e-3, "cosine"), "maf": (512, 3e-3, "cosine"), "realnvp": (128, 1e-3, "plateau")}
 
 
-def test_spline_epochs_give_small_sets_more_passes() -> None:
-    from sbikit.inference.npe import default_recipe, spline_epochs
+def test_cosine_epochs_give_small_sets_more_passes() -> None:
+    from sbikit.inference.npe import cosine_epochs, default_recipe
 
-    assert spline_epochs(9_000) == 60 and spline_epochs(90_000) == 60
-    assert spline_epochs(900) == 167 and spline_epochs(100) == 200
+    assert cosine_epochs(9_000) == 60 and cosine_epochs(90_000) == 60
+    assert cosine_epochs(900) == 167 and cosine_epochs(100) == 200
     recipe = default_recipe("nsf", 9_000)
     assert (recipe.schedule, recipe.max_epochs, recipe.warmup_epochs) == ("cosine", 60, 3.0)
     assert default_recipe("nsf", 9_000, conv_embedding=True).schedule == "plateau"

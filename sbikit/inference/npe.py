@@ -33,7 +33,7 @@ __all__ = [
     "resolve_flow",
     "TrainingRecipe",
     "default_recipe",
-    "spline_epochs",
+    "cosine_epochs",
     "CONV_LEARNING_RATE",
     "MAF_LEARNING_RATE",
     "VECTOR_LEARNING_RATE",
@@ -47,11 +47,11 @@ logger = logging.getLogger(__name__)
 VECTOR_LEARNING_RATE = 6e-3
 MAF_LEARNING_RATE = 3e-3
 CONV_LEARNING_RATE = 1e-3
-#: Epochs of NSF's cosine schedule for 9,000 or more training rows (the training budget;
-#: early stopping may end it sooner); smaller sets get more, see :func:`spline_epochs`.
-SPLINE_EPOCHS = 60
-#: Linear warm-up of NSF's learning rate, in epochs.
-SPLINE_WARMUP_EPOCHS = 3.0
+#: Epochs of the cosine schedule (NSF and MAF) for 9,000 or more training rows (the training
+#: budget; early stopping may end it sooner); smaller sets get more, see :func:`cosine_epochs`.
+COSINE_EPOCHS = 60
+#: Linear warm-up of the cosine schedule's learning rate, in epochs.
+WARMUP_EPOCHS = 3.0
 #: ``flow="auto"`` picks the spline flow up to this many parameters and MAF above it: NSF
 #: gave the lowest C2ST on two_moons, gaussian_mixture (2 parameters) and slcp (5), but
 #: overfitted gaussian_linear's 10 parameters with 10^4 simulations (best validation loss
@@ -80,14 +80,14 @@ class TrainingRecipe:
     warmup_epochs: float = 0.0
 
 
-def spline_epochs(num_train: int) -> int:
-    """Length of NSF's cosine schedule: ``ceil(150,000 / num_train)`` epochs, clipped to [60, 200].
+def cosine_epochs(num_train: int) -> int:
+    """Length of the cosine schedule: ``ceil(150,000 / num_train)`` epochs, clipped to [60, 200].
 
     60 epochs suffice for 9,000 training rows (two_moons: held-out loss -0.961 nats, as low as
     122 epochs of the plateau schedule); with 900 rows, 150 epochs reached -0.50 against
     -0.36 for 60 (docs/defaults.md): small sets need more passes for the same number of steps.
     """
-    return int(min(200, max(SPLINE_EPOCHS, math.ceil(150_000 / max(num_train, 1)))))
+    return int(min(200, max(COSINE_EPOCHS, math.ceil(150_000 / max(num_train, 1)))))
 
 
 def default_recipe(flow_kind: str, num_train: int, *, conv_embedding: bool = False) -> TrainingRecipe:
@@ -95,7 +95,7 @@ def default_recipe(flow_kind: str, num_train: int, *, conv_embedding: bool = Fal
 
     * NSF and MAF on vector data: batches of :func:`npe_batch_size` (512 for 10^4
       simulations), a linear warm-up over 3 epochs to 6e-3 (NSF) or 3e-3 (MAF), then a
-      cosine decay to zero at epoch :func:`spline_epochs` (60 for 10^4 simulations).
+      cosine decay to zero at epoch :func:`cosine_epochs` (60 for 10^4 simulations).
     * RealNVP, or any flow with a jointly trained convolutional embedding: batches of
       :func:`sbikit.train.default_batch_size` (128), 1e-3 halved on plateaus, up to 1000 epochs.
 
@@ -108,7 +108,7 @@ def default_recipe(flow_kind: str, num_train: int, *, conv_embedding: bool = Fal
     """
     if flow_kind in ("nsf", "maf") and not conv_embedding:
         peak = VECTOR_LEARNING_RATE if flow_kind == "nsf" else MAF_LEARNING_RATE
-        return TrainingRecipe(npe_batch_size(num_train), peak, "cosine", spline_epochs(num_train), SPLINE_WARMUP_EPOCHS)
+        return TrainingRecipe(npe_batch_size(num_train), peak, "cosine", cosine_epochs(num_train), WARMUP_EPOCHS)
     return TrainingRecipe(default_batch_size(num_train), CONV_LEARNING_RATE, "plateau", 1000)
 
 
@@ -149,7 +149,7 @@ def resolve_flow(flow: str, dim: int) -> str:
 
 
 def npe_batch_size(num_train: int) -> int:
-    """Default NSF batch: 512 rows, fewer for small data (at least ~16 steps an epoch, min 32).
+    """Default NSF and MAF batch: 512 rows, fewer for small data (at least ~16 steps an epoch, min 32).
 
     With a learning rate of 3e-3 or more, batches of 512 reached the same or lower C2ST
     than batches of 128 at 1e-3 on two_moons, slcp and gaussian_mixture with 10^4
@@ -259,7 +259,7 @@ class NPE(FlowEstimator):
                 a plateau one); ``None``: 6e-3 for NSF, 3e-3 for MAF, 1e-3 for RealNVP or a
                 jointly trained CNN.
             max_epochs: cap on epochs, and the length of a cosine schedule; ``None``:
-                :func:`spline_epochs` for NSF and MAF (cosine; 60 for 10^4 simulations),
+                :func:`cosine_epochs` for NSF and MAF (cosine; 60 for 10^4 simulations),
                 1000 otherwise (plateau).
             schedule: ``"cosine"`` (3 warm-up epochs, then a half cosine to ``max_epochs``)
                 or ``"plateau"`` (halve the rate after ``patience // 3`` epochs without a
@@ -308,7 +308,7 @@ class NPE(FlowEstimator):
         conv = _has_trainable_conv(embedding)
         total = data.num_rows if isinstance(data, StreamingData) else len(data[0])
         num_train = total - max(1, int(round(total * validation_fraction)))
-        # The large-batch, high-rate cosine recipe was tuned for NSF on vectors (docs/defaults.md).
+        # The large-batch, high-rate cosine recipe was tuned for NSF and MAF on vectors (docs/defaults.md).
         recipe = default_recipe(self.flow_kind, num_train, conv_embedding=conv)
         schedule = recipe.schedule if schedule is None else schedule
         max_epochs = recipe.max_epochs if max_epochs is None else max_epochs
@@ -318,7 +318,7 @@ class NPE(FlowEstimator):
             schedule=schedule,
             max_epochs=max_epochs,
             # A warm-up longer than a short budget would never reach the peak rate.
-            warmup_epochs=min(SPLINE_WARMUP_EPOCHS, 0.05 * max_epochs) if schedule == "cosine" else 0.0,
+            warmup_epochs=min(WARMUP_EPOCHS, 0.05 * max_epochs) if schedule == "cosine" else 0.0,
         )
         logger.debug("NPE (%s) training recipe: %s", self.flow_kind, used)
         result = fit(
