@@ -38,8 +38,9 @@ from nflows.transforms import (
     Transform,
 )
 from nflows.transforms.autoregressive import AutoregressiveTransform
-from nflows.transforms.splines.rational_quadratic import rational_quadratic_spline
 from torch import Tensor, nn
+
+from sbikit.splines import rational_quadratic_spline
 
 __all__ = ["FlowConfig", "ConditionalFlow", "ConditionalMADE", "build_flow", "FLOW_KINDS", "CONDITIONERS"]
 
@@ -151,43 +152,28 @@ class ConditionalMADE(nn.Module):
 
 
 class SplineAutoregressive(MaskedPiecewiseRationalQuadraticAutoregressiveTransform):
-    """nflows' autoregressive rational-quadratic spline layer (linear tails), without boolean indexing.
+    """nflows' autoregressive rational-quadratic spline layer (linear tails), evaluated by
+    :func:`sbikit.splines.rational_quadratic_spline`.
 
-    nflows evaluates the spline on the rows inside ``[-tail_bound, tail_bound]`` by boolean
-    indexing (``nonzero``, gathers and scatters forwards and backwards). Here the spline is
-    evaluated on clamped inputs everywhere (nflows' ``rational_quadratic_spline``) and the
-    identity is selected outside the interval: the same function, with fewer and cheaper
-    operations per step.
+    The same function as nflows' layer (tested to rounding); nflows evaluates it through
+    boolean indexing, in-place edits and one gather per quantity, which on the small
+    tensors of NPE makes the spline cost more than the conditioner network.
     """
 
     def _elementwise(
         self, inputs: Tensor, autoregressive_params: Tensor, inverse: bool = False
     ) -> tuple[Tensor, Tensor]:
         batch, features = inputs.shape[0], inputs.shape[1]
-        if inputs.numel() == 0:
-            return inputs.clone(), inputs.new_zeros(batch)
         params = autoregressive_params.view(batch, features, self._output_dim_multiplier())
-        k, bound = self.num_bins, self.tail_bound
-        # Boundary derivatives of 1 (the linear tails' slope), as nflows sets them.
-        edge = math.log(math.expm1(1.0 - self.min_derivative))
-        derivatives = nn.functional.pad(params[..., 2 * k :], (1, 1), value=edge)
-        inside = (inputs >= -bound) & (inputs <= bound)
         outputs, logabsdet = rational_quadratic_spline(
-            inputs=inputs.clamp(-bound, bound),
-            unnormalized_widths=params[..., :k],
-            unnormalized_heights=params[..., k : 2 * k],
-            unnormalized_derivatives=derivatives,
+            inputs,
+            params,
+            bound=self.tail_bound,
             inverse=inverse,
-            left=-bound,
-            right=bound,
-            bottom=-bound,
-            top=bound,
             min_bin_width=self.min_bin_width,
             min_bin_height=self.min_bin_height,
             min_derivative=self.min_derivative,
         )
-        outputs = torch.where(inside, outputs, inputs)
-        logabsdet = torch.where(inside, logabsdet, torch.zeros_like(logabsdet))
         return outputs, logabsdet.sum(-1)
 
 
