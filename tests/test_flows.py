@@ -388,3 +388,34 @@ def test_config_saved_before_the_conditioner_field_loads_nflows_made() -> None:
     assert FlowConfig.from_dict(build_flow("nsf", 2, (3,)).config.to_dict()).conditioner == "context_made"
     with pytest.raises(ValueError, match="conditioner"):
         ConditionalFlow(FlowConfig(kind="maf", conditioner="made2"), (2,))
+
+
+@pytest.mark.parametrize("min_sizes", [(1e-3, 1e-3), (1e-2, 1e-3)])
+def test_rational_quadratic_spline_equals_nflows_and_inverts(min_sizes: tuple[float, float]) -> None:
+    """sbikit.splines against nflows' unconstrained spline (float64), both ways, tails included."""
+    from nflows.transforms.splines.rational_quadratic import unconstrained_rational_quadratic_spline
+
+    from sbikit.splines import rational_quadratic_spline
+
+    gen = torch.Generator().manual_seed(0)
+    k, bound = 7, 3.0
+    x = 2.5 * torch.randn(2000, 3, generator=gen, dtype=F64)
+    x[:5, 0] = torch.tensor([-bound, bound, -bound - 1e-9, bound + 1e-9, 0.0], dtype=F64)  # the edges
+    params = 2.0 * torch.randn(2000, 3, 3 * k - 1, generator=gen, dtype=F64)
+    kw = dict(min_bin_width=min_sizes[0], min_bin_height=min_sizes[1], min_derivative=1e-3)
+    for inverse in (False, True):
+        ours, lad = rational_quadratic_spline(x, params, bound=bound, inverse=inverse, **kw)
+        ref, ref_lad = unconstrained_rational_quadratic_spline(
+            x, params[..., :k], params[..., k : 2 * k], params[..., 2 * k :], inverse=inverse,
+            tails="linear", tail_bound=bound, **kw,
+        )  # fmt: skip
+        torch.testing.assert_close(ours, ref, atol=1e-10, rtol=0)
+        torch.testing.assert_close(lad, ref_lad, atol=1e-10, rtol=0)
+    y, lad = rational_quadratic_spline(x, params, bound=bound, **kw)
+    back, inv_lad = rational_quadratic_spline(y, params, bound=bound, inverse=True, **kw)
+    torch.testing.assert_close(back, x, atol=1e-9, rtol=0)
+    torch.testing.assert_close(inv_lad, -lad, atol=1e-9, rtol=0)
+    outside = x.abs() > bound
+    assert outside.sum() > 100 and torch.equal(y[outside], x[outside]) and bool((lad[outside] == 0).all())
+    with pytest.raises(ValueError, match="3 K - 1"):
+        rational_quadratic_spline(x, params[..., :-2], bound=bound)
