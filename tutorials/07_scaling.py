@@ -183,13 +183,23 @@ print("identical to the uninterrupted run on the cluster: True")
 # statistics computed in one pass, so data larger than memory train in constant memory.
 # Here we force streaming with `memory_limit_gb=0`. `checkpoint=` saves the training state
 # after every epoch; we stop after a few epochs, as if the job had been killed, and resume.
+# (A job killed mid-way resumes under any schedule. Stopping on purpose at `max_epochs` and
+# then raising it, as here, needs the plateau schedule: NPE's default cosine schedule is
+# fixed by `max_epochs`, so another budget would be another run, and `fit` says so.)
 
 # %%
 sim = simulators.get("two_moons")
 npe = sbikit.NPE(sim.prior, device="auto")
 checkpoint = WORK / "npe.ckpt"
 first = npe.fit(
-    store.theta, store.x, seed=0, memory_limit_gb=0, max_epochs=MAX_EPOCHS // 2, checkpoint=checkpoint, progress=False
+    store.theta,
+    store.x,
+    seed=0,
+    memory_limit_gb=0,
+    schedule="plateau",
+    max_epochs=MAX_EPOCHS // 2,
+    checkpoint=checkpoint,
+    progress=False,
 )
 print(f"first session: {first.info['epochs']} epochs, best validation loss {first.info['best_val_loss']:.3f}")
 posterior = npe.fit(
@@ -197,6 +207,7 @@ posterior = npe.fit(
     store.x,
     seed=0,
     memory_limit_gb=0,
+    schedule="plateau",
     max_epochs=MAX_EPOCHS,
     checkpoint=checkpoint,
     resume=True,
