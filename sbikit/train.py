@@ -689,7 +689,13 @@ def _load_checkpoint(path: Path | None, resume: bool) -> dict[str, Any] | None:
     return state
 
 
+# Fingerprint entries added after checkpoints were first written, with the value they had then
+# (every earlier run used the plateau schedule), so that such checkpoints still resume.
+_FINGERPRINT_DEFAULTS: dict[str, Any] = {"schedule": "plateau", "warmup_epochs": 0.0, "max_epochs": None}
+
+
 def _check_fingerprint(old: dict[str, Any], new: dict[str, Any], path: Path | None) -> None:
+    old = {**_FINGERPRINT_DEFAULTS, **old}
     diff = [f"{k}: checkpoint {old.get(k)!r}, now {new[k]!r}" for k in new if old.get(k) != new[k]]
     if diff:
         raise ValueError(

@@ -122,6 +122,24 @@ def test_resume_without_checkpoint_file_starts_afresh(pairs, tmp_path):
     assert torch.equal(flat(a), flat(b))
 
 
+def test_checkpoint_written_before_the_schedule_option_resumes(pairs, tmp_path):
+    """Checkpoints of earlier versions lack the schedule entries; they were plateau runs and resume as such."""
+    u, x = pairs
+    full = new_flow(u, x)
+    fit(full, npe_loss, (u, x), max_epochs=5, **FIT)
+    ckpt = tmp_path / "old.ckpt"
+    fit(new_flow(u, x), npe_loss, (u, x), max_epochs=2, checkpoint=ckpt, **FIT)
+    state = torch.load(ckpt, weights_only=True)
+    for key in ("schedule", "warmup_epochs", "max_epochs"):
+        del state["fingerprint"][key]
+    torch.save(state, ckpt)
+    resumed = new_flow(u, x)
+    fit(resumed, npe_loss, (u, x), max_epochs=5, checkpoint=ckpt, resume=True, **FIT)
+    assert torch.equal(flat(resumed), flat(full))
+    with pytest.raises(ValueError, match="schedule"):  # but not as a cosine run
+        fit(new_flow(u, x), npe_loss, (u, x), max_epochs=5, checkpoint=ckpt, resume=True, schedule="cosine", **FIT)
+
+
 def test_resume_with_other_settings_or_data_raises(pairs, tmp_path):
     u, x = pairs
     ckpt = tmp_path / "run.ckpt"
