@@ -5,7 +5,8 @@ Usage::
     python benchmarks/screen_npe_recipes.py TASK NAME JSON [--out FILE]
 
 JSON keys (all optional): ``n`` (simulations, 10^4), ``kind`` (nsf), ``hidden`` (128),
-``layers`` (5), ``blocks`` (2), ``bins`` (8), ``bs`` (512), ``lr`` (3e-3), and
+``layers`` (5), ``blocks`` (2), ``bins`` (8), ``bs`` (512), ``lr`` (3e-3), ``wd`` (AdamW
+weight decay, 0; "fit" loop only), and
 
 * ``"loop": "fit"`` (default): train with :func:`sbikit.train.fit` (``patience`` 20) and its
   plateau schedule, as NPE did before this round, or with ``"schedule": "cosine"`` over
@@ -136,6 +137,7 @@ def main() -> None:
             schedule=cfg.get("schedule", "plateau"),
             max_epochs=cfg.get("epochs", 1000),
             warmup_epochs=cfg.get("warmup", 0.0),
+            weight_decay=cfg.get("wd", 0.0),
         )
         rec = {"epochs": res.epochs, "best_epoch": res.best_epoch, "best_val": res.best_val_loss}
     rec = {"task": args.task, "name": args.name, "cfg": cfg, "wall": time.perf_counter() - t0, **rec}
