@@ -200,8 +200,9 @@ def fit(
             patience counters and the history so far.
         resume: continue from ``checkpoint`` when it exists (from scratch when it does not
             yet); with the same data and settings the result equals that of an
-            uninterrupted run. ``max_epochs`` may be raised to train a finished run on; a
-            run that stopped early returns at once. Other changed settings raise.
+            uninterrupted run. ``max_epochs`` may be raised to train a finished run on (with
+            the plateau schedule; a cosine schedule is fixed by ``max_epochs``); a run that
+            stopped early returns at once. Other changed settings raise.
 
     Returns:
         A :class:`FitResult`; ``model`` holds the weights of the best validation epoch.
