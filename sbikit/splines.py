@@ -34,7 +34,7 @@ __all__ = ["rational_quadratic_spline"]
 
 
 def _knots(unnormalized: Tensor, bound: float, min_size: float) -> Tensor:
-    """Knot positions ``(..., 2, K + 1)`` on ``[-bound, bound]`` from ``(..., 2, K)`` parameters."""
+    """Knot positions ``(..., K + 1)`` on ``[-bound, bound]`` from ``(..., K)`` unnormalised bin sizes."""
     num_bins = unnormalized.shape[-1]
     sizes = min_size + (1.0 - min_size * num_bins) * F.softmax(unnormalized, dim=-1)
     inner = torch.cumsum(sizes[..., :-1], dim=-1)
@@ -87,9 +87,8 @@ def rational_quadratic_spline(
     edges = ys if inverse else xs
     idx = (x[..., None] >= edges[..., 1:-1]).sum(-1, keepdim=True)
     table = torch.stack([xs[..., :-1], xs[..., 1:], ys[..., :-1], ys[..., 1:], derivs[..., :-1], derivs[..., 1:]], -2)
-    x_lo, x_hi, y_lo, y_hi, d_lo, d_hi = table.gather(-1, idx[..., None, :].expand(*idx.shape[:-1], 6, 1))[
-        ..., 0
-    ].unbind(-1)
+    picked = table.gather(-1, idx[..., None, :].expand(*idx.shape[:-1], 6, 1))[..., 0]
+    x_lo, x_hi, y_lo, y_hi, d_lo, d_hi = picked.unbind(-1)
     width, height = x_hi - x_lo, y_hi - y_lo
     slope = height / width
     curvature = d_lo + d_hi - 2.0 * slope
@@ -102,14 +101,12 @@ def rational_quadratic_spline(
         out = xi * width + x_lo
     else:
         xi = (x - x_lo) / width
-        out = None
     mix = xi * (1.0 - xi)
     denominator = slope + curvature * mix
-    if out is None:
+    if not inverse:
         out = y_lo + height * (slope * xi * xi + d_lo * mix) / denominator
     numerator = slope * slope * (d_hi * xi * xi + 2.0 * slope * mix + d_lo * (1.0 - xi) * (1.0 - xi))
-    logabsdet = torch.log(numerator) - 2.0 * torch.log(denominator)
-    if inverse:
-        logabsdet = -logabsdet
+    # log dy/dx at xi; the inverse map's log-derivative is its negative.
+    logabsdet = (torch.log(numerator) - 2.0 * torch.log(denominator)) * (-1.0 if inverse else 1.0)
     zero = torch.zeros_like(logabsdet)
     return torch.where(inside, out, inputs), torch.where(inside, logabsdet, zero)

@@ -312,11 +312,11 @@ def fit(
             leave=False,
             dynamic_ncols=True,
         )
+        steps_per_epoch = max(1, math.ceil(n_train / bs))  # positions the cosine schedule within an epoch
         for epoch in range(start_epoch, max_epochs if not finished else start_epoch):
             model.train()
             total = torch.zeros((), device=device)
             count = 0
-            steps_per_epoch = max(1, math.ceil(n_train / bs))
             for step, batch in enumerate(source.train_batches(bs, gen)):
                 if schedule == "cosine":
                     rate = cosine_learning_rate(
