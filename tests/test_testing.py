@@ -121,4 +121,6 @@ def test_plugin_entry_point_marker_and_fixture(pytester):
 
 def test_plugin_registers_marker(pytester):
     result = pytester.runpytest_subprocess("--markers")
+    assert result.ret == 0
     result.stdout.fnmatch_lines(["*calibration(**kwargs)*sbikit*"])
+    assert any("calibration(" in line and "sbikit" in line for line in result.stdout.lines), result.stdout.str()
