@@ -22,6 +22,7 @@ from sbikit.flows import FLOW_KINDS, ConditionalFlow, build_flow
 from sbikit.inference._store_data import pair_stream, standardize, training_inputs
 from sbikit.inference.estimator import FlowEstimator
 from sbikit.inference.posterior import FlowPosterior
+from sbikit.inference.typicality import fit_typicality
 from sbikit.priors import as_prior
 from sbikit.train import StreamingData, default_batch_size, fit
 from sbikit.utils import prepare_training_pairs
@@ -342,7 +343,8 @@ class NPE(FlowEstimator):
         info = {"method": "NPE", "num_simulations": num_rows, "recipe": asdict(used), **result.to_dict()}
         if not math.isfinite(result.best_val_loss):
             raise RuntimeError("training diverged: the validation loss is not finite")
-        return FlowPosterior(flow, self.prior, x_shape, info=info, theta_names=self.theta_names)
+        typicality = fit_typicality(flow, data, seed=seed)
+        return FlowPosterior(flow, self.prior, x_shape, info=info, theta_names=self.theta_names, typicality=typicality)
 
     def _unconstrained_pairs(self, theta: Tensor, x: Tensor) -> list[Tensor]:
         """``[u, x]``: ``theta`` ``(n, d)`` mapped to R^d by the prior's bijection, and ``x``."""

@@ -17,12 +17,14 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from sbikit.density.misspecification import WARN_P_VALUE, ObservationCheck, OutOfDistributionWarning, TypicalityCheck
 from sbikit.flows import ConditionalFlow, FlowConfig
 from sbikit.priors import Prior, make_generator, prior_from_config
 from sbikit.utils import as_float_tensor, check_x_shape, resolve_device
@@ -45,6 +47,8 @@ class TrainedFlowModel:
         x_shape: shape of one observation.
         info: JSON-able training record (losses, epochs, times).
         theta_names: optional parameter names (default ``theta_1 ... theta_d``).
+        typicality: a check of observations against the training simulations (see
+            :meth:`FlowPosterior.check_observation`); ``None`` where there is none.
     """
 
     def __init__(
@@ -55,12 +59,14 @@ class TrainedFlowModel:
         *,
         info: dict[str, Any] | None = None,
         theta_names: list[str] | None = None,
+        typicality: TypicalityCheck | None = None,
     ) -> None:
         self.flow = flow.eval()
         self.prior = prior
         self.x_shape = tuple(int(s) for s in x_shape)
         self.info = dict(info or {})
         self.theta_names = list(theta_names) if theta_names else [f"theta_{i + 1}" for i in range(prior.dim)]
+        self.typicality = typicality
 
     @property
     def dim(self) -> int:
@@ -89,6 +95,8 @@ class TrainedFlowModel:
             "info": json.dumps(self.info),
             "state_dict": {k: v.detach().cpu() for k, v in self.flow.state_dict().items()},
         }
+        if self.typicality is not None:
+            payload["typicality"] = self.typicality.state()
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
@@ -155,6 +163,7 @@ class FlowPosterior(TrainedFlowModel):
         xt, batched = self._x(x)
         gen = make_generator(seed, self.device)
         embedded = self.flow.embed(xt)
+        self._warn_if_atypical(embedded)
         out = torch.empty(len(xt), n, self.dim)
         per = max(1, chunk_size // max(n, 1))
         for i in range(0, len(xt), per):
@@ -164,6 +173,60 @@ class FlowPosterior(TrainedFlowModel):
                 u = self.flow.sample_embedded(k, emb, generator=gen)
                 out[i : i + per, j : j + k] = self.prior.from_unconstrained(u).cpu()
         return out if batched else out[0]
+
+    # -- misspecification ----------------------------------------------------------------
+    def check_observation(self, x: Any, *, alpha: float = 0.05) -> ObservationCheck:
+        """How typical ``x`` is among the training simulations (a misspecification check).
+
+        The density of ``x``'s embedded summary (the z-scored ``x``, or the embedding's
+        output) is estimated from its nearest training summaries and compared with that of
+        held-out training simulations: the p-value is the share of those at most as
+        typical (``sbikit.density.misspecification`` has the details). A small p-value
+        means the simulator (or the prior) does not produce data like ``x``, and the
+        posterior for it should not be trusted.
+
+        Args:
+            x: one observation ``x_shape`` or a batch ``(m, *x_shape)``.
+            alpha: level of the test.
+
+        Returns:
+            An :class:`~sbikit.density.misspecification.ObservationCheck` with ``(m,)``
+            ``log_density``, ``p_value`` and ``typical``; ``print`` it for a report.
+
+        Raises:
+            ValueError: when the posterior carries no check (trained on fewer than 60
+                simulations, or saved by an sbikit without checks).
+        """
+        if self.typicality is None:
+            raise ValueError(
+                "this posterior carries no typicality check (trained on too few simulations, or saved by an "
+                "older sbikit); retrain it, or fit sbikit.density.TypicalityCheck on summaries of your simulations"
+            )
+        xt, _ = self._x(x)
+        with torch.no_grad():
+            return self.typicality.check(self.flow.embed(xt).cpu(), alpha=alpha)
+
+    def _warn_if_atypical(self, embedded: Tensor) -> None:
+        """Warn (:class:`OutOfDistributionWarning`) for observations less typical than nearly all simulations.
+
+        The threshold is ``WARN_P_VALUE`` (1e-3), or the smallest p-value the reference set
+        resolves, ``1 / (N_ref + 1)``, where that is larger (posteriors trained on fewer than
+        about 3,000 simulations): under the null hypothesis it fires at that rate.
+        """
+        if self.typicality is None or len(embedded) == 0:
+            return
+        p = self.typicality.p_value(embedded.detach().cpu())
+        level = max(WARN_P_VALUE, 1.0 / (len(self.typicality.reference) + 1.0))
+        bad = p <= level * (1 + 1e-9)
+        if bool(bad.any()):
+            which = "the observation is" if len(p) == 1 else f"{int(bad.sum())} of {len(p)} observations are"
+            warnings.warn(
+                f"{which} less typical than {100 * (1 - level):.1f}% of the training simulations (typicality "
+                f"p-value {float(p.min()):.3g}): the simulator or the prior may be misspecified for it, and its "
+                "posterior samples are not to be trusted; see posterior.check_observation(x)",
+                OutOfDistributionWarning,
+                stacklevel=4,  # warn <- this <- sample <- torch.no_grad's wrapper <- the caller
+            )
 
     # -- density ------------------------------------------------------------------------
     def log_prob(self, theta: Any, x: Any) -> Tensor:
@@ -318,7 +381,13 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Fl
     flow_cfg = FlowConfig.from_dict(cfg["flow"])
     flow = ConditionalFlow(flow_cfg, tuple(cfg["x_shape"]), _build_embedding(cfg.get("embedding")))
     flow.load_state_dict(payload["state_dict"])
+    state = payload.get("typicality")
     post = FlowPosterior(
-        flow, prior, tuple(cfg["x_shape"]), info=json.loads(payload["info"]), theta_names=cfg.get("theta_names")
+        flow,
+        prior,
+        tuple(cfg["x_shape"]),
+        info=json.loads(payload["info"]),
+        theta_names=cfg.get("theta_names"),
+        typicality=None if state is None else TypicalityCheck.from_state(state),
     )
     return post.to(device)

@@ -1,0 +1,268 @@
+"""Misspecification checks: how typical is an observation among the training simulations?
+
+A posterior trained on simulations can only be trusted for observations that look like
+those simulations. :class:`TypicalityCheck` keeps a *bank* of summaries of training
+simulations and a *reference* set of held-out simulations' scores, and rates an observation
+by the density of its summary, estimated from its ``k``-th nearest neighbour in the bank::
+
+    log p(s) ~= log k - log N_bank - log V_m - m log r_k(s)
+
+(``m`` summary dimensions, ``V_m = pi^(m/2) / Gamma(m/2 + 1)`` the unit ball's volume,
+``r_k`` the distance, in per-dimension standardised units, to the ``k``-th nearest bank
+summary). Its p-value is the share of held-out simulations with a density at most as high,
+``(1 + #{reference <= log p(s)}) / (N_reference + 1)``. The reference summaries are not in
+the bank, so under the null hypothesis (the observation comes from the simulator at some
+prior draw) the observation and the references are exchangeable and the p-value is valid
+at every level, whatever the shape of the summary distribution; only its power depends on
+the summaries and on ``k``.
+
+Posteriors from :class:`sbikit.NPE` carry a check fitted on the flow's embedded context
+(the z-scored ``x``, or the embedding's summaries for images): see
+:func:`check_observation` and ``FlowPosterior.check_observation``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sbikit.utils import as_float_tensor
+
+__all__ = [
+    "TypicalityCheck",
+    "ObservationCheck",
+    "OutOfDistributionWarning",
+    "check_observation",
+    "DEFAULT_NEIGHBOURS",
+    "min_simulations",
+    "WARN_P_VALUE",
+]
+
+#: Neighbour whose distance estimates the density (a bias/variance trade-off; 10 is common).
+DEFAULT_NEIGHBOURS = 10
+#: ``FlowPosterior.sample`` warns when an observation's p-value is below this.
+WARN_P_VALUE = 1e-3
+# Default sizes of the bank and of the reference set (their product bounds the fit's work).
+_BANK_ROWS = 4000
+_REFERENCE_ROWS = 2000
+# Query rows per distance block (bounds memory to ~ 4096 x bank floats).
+_BLOCK = 4096
+
+
+def min_simulations(neighbours: int = DEFAULT_NEIGHBOURS) -> int:
+    """Fewest simulations :meth:`TypicalityCheck.fit` accepts: 20 reference rows (a third) and a bank of ``k + 1``."""
+    return max(60, math.ceil(1.5 * (neighbours + 1)))
+
+
+class OutOfDistributionWarning(UserWarning):
+    """An observation is atypical of the simulations a posterior was trained on."""
+
+
+@dataclass(frozen=True)
+class ObservationCheck:
+    """The verdict of :meth:`TypicalityCheck.check` for ``m`` observations.
+
+    Attributes:
+        log_density: ``(m,)`` k-NN log density of each summary (standardised units).
+        p_value: ``(m,)`` share of held-out simulations that are at most as typical.
+        alpha: the level of the test.
+        reference_median: median log density of the held-out simulations (for scale).
+    """
+
+    log_density: Tensor
+    p_value: Tensor
+    alpha: float
+    reference_median: float
+
+    @property
+    def typical(self) -> Tensor:
+        """``(m,)`` bool: ``p_value >= alpha``."""
+        return self.p_value >= self.alpha
+
+    @property
+    def all_typical(self) -> bool:
+        return bool(self.typical.all())
+
+    def __len__(self) -> int:
+        return len(self.p_value)
+
+    def __str__(self) -> str:
+        lines = []
+        for i, (lp, p) in enumerate(zip(self.log_density.tolist(), self.p_value.tolist(), strict=True)):
+            verdict = "typical" if p >= self.alpha else f"OUT OF DISTRIBUTION at alpha={self.alpha:g}"
+            lines.append(
+                f"observation {i}: p = {p:.3g}, log density {lp:.2f} "
+                f"(median of the training simulations {self.reference_median:.2f}): {verdict}"
+            )
+        return "\n".join(lines)
+
+
+class TypicalityCheck:
+    """k-nearest-neighbour density of summaries, with p-values from held-out simulations.
+
+    Build it with :meth:`fit` from summaries of simulations from the prior predictive (the
+    training set), then :meth:`check` observations' summaries.
+
+    Args:
+        bank: ``(N_bank, m)`` summaries the densities are estimated from.
+        reference: ``(N_ref,)`` log densities of held-out summaries (not in the bank).
+        shift: ``(m,)`` per-dimension mean used to standardise summaries.
+        scale: ``(m,)`` per-dimension standard deviation used to standardise summaries.
+        neighbours: ``k``.
+    """
+
+    def __init__(self, bank: Tensor, reference: Tensor, shift: Tensor, scale: Tensor, *, neighbours: int) -> None:
+        if bank.ndim != 2 or reference.ndim != 1:
+            raise ValueError(
+                f"bank must be (N, m) and reference (N_ref,), got {tuple(bank.shape)}, {tuple(reference.shape)}"
+            )
+        if not 1 <= int(neighbours) <= len(bank):
+            raise ValueError(f"neighbours must be in [1, {len(bank)}] (the bank size), got {neighbours}")
+        self.bank = bank.float()
+        self.reference = torch.sort(reference.double()).values
+        self.shift = shift.float()
+        self.scale = scale.float()
+        self.neighbours = int(neighbours)
+
+    @property
+    def dim(self) -> int:
+        """Summary dimension ``m``."""
+        return int(self.bank.shape[1])
+
+    # -- construction --------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        summaries: Any,
+        *,
+        neighbours: int = DEFAULT_NEIGHBOURS,
+        bank_rows: int = _BANK_ROWS,
+        reference_rows: int = _REFERENCE_ROWS,
+        seed: int | None = 0,
+    ) -> TypicalityCheck:
+        """Split summaries of simulations into a bank and a held-out reference set.
+
+        Args:
+            summaries: ``(n, m)`` summaries of simulations drawn from the prior predictive.
+            neighbours: ``k``, the neighbour whose distance estimates the density.
+            bank_rows: most rows kept in the bank (distance work grows with it).
+            reference_rows: most held-out rows scored for the p-values (their resolution is
+                ``1 / (reference_rows + 1)``).
+            seed: seed of the random split.
+
+        Raises:
+            ValueError: for summaries that are not ``(n, m)``, not finite, or too few
+                (at least ``neighbours + 1`` bank rows and 20 reference rows).
+        """
+        s = as_float_tensor(summaries, "summaries")
+        if s.ndim != 2:
+            raise ValueError(f"summaries must have shape (n, m), got {tuple(s.shape)}")
+        if not bool(torch.isfinite(s).all()):
+            raise ValueError("summaries hold NaN or inf")
+        n = len(s)
+        num_ref = min(int(reference_rows), n // 3)
+        num_bank = min(int(bank_rows), n - num_ref)
+        if num_ref < 20 or num_bank < int(neighbours) + 1:
+            raise ValueError(
+                f"{n} simulations are too few for a typicality check with {neighbours} neighbours "
+                f"(needs at least {min_simulations(int(neighbours))})"
+            )
+        gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
+        perm = torch.randperm(n, generator=gen)
+        bank, held = s[perm[:num_bank]], s[perm[num_bank : num_bank + num_ref]]
+        shift = bank.mean(0)
+        scale = bank.std(0).clamp_min(1e-12)
+        check = cls(bank, torch.zeros(1), shift, scale, neighbours=neighbours)
+        check.reference = torch.sort(check.log_density(held)).values
+        return check
+
+    # -- scoring ---------------------------------------------------------------------------
+    def log_density(self, summaries: Any) -> Tensor:
+        """k-NN log density ``(m_obs,)`` of summaries ``(m_obs, m)`` (standardised units), float64."""
+        s = self._check(summaries)
+        bank = (self.bank - self.shift) / self.scale
+        z = (s - self.shift) / self.scale
+        r = torch.empty(len(z), dtype=torch.float64)
+        for i in range(0, len(z), _BLOCK):
+            d = torch.cdist(z[i : i + _BLOCK], bank)
+            r[i : i + _BLOCK] = d.kthvalue(self.neighbours, dim=1).values.double()
+        m = self.dim
+        log_unit_ball = 0.5 * m * math.log(math.pi) - math.lgamma(0.5 * m + 1)
+        log_r = torch.log(r.clamp_min(1e-30))
+        return math.log(self.neighbours) - math.log(len(self.bank)) - log_unit_ball - m * log_r
+
+    def p_value(self, summaries: Any) -> Tensor:
+        """``(m_obs,)``: ``(1 + #{reference <= log density}) / (N_ref + 1)``."""
+        return self._p_from_log_density(self.log_density(summaries))
+
+    def _p_from_log_density(self, lp: Tensor) -> Tensor:
+        below = torch.searchsorted(self.reference, lp, right=True)
+        return (1.0 + below.double()) / (len(self.reference) + 1.0)
+
+    def check(self, summaries: Any, *, alpha: float = 0.05) -> ObservationCheck:
+        """Test each summary row for typicality at level ``alpha``."""
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+        lp = self.log_density(summaries)
+        return ObservationCheck(lp, self._p_from_log_density(lp), float(alpha), float(self.reference.median()))
+
+    def _check(self, summaries: Any) -> Tensor:
+        s = as_float_tensor(summaries, "summaries")
+        if s.ndim == 1:
+            s = s[None]
+        if s.ndim != 2 or s.shape[1] != self.dim:
+            raise ValueError(f"summaries must have shape (n, {self.dim}), got {tuple(s.shape)}")
+        if not bool(torch.isfinite(s).all()):
+            raise ValueError("summaries hold NaN or inf")
+        return s.cpu()
+
+    # -- persistence ----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Tensors and ints only (loadable with ``weights_only=True``)."""
+        return {
+            "bank": self.bank.clone(),
+            "reference": self.reference.clone(),
+            "shift": self.shift.clone(),
+            "scale": self.scale.clone(),
+            "neighbours": self.neighbours,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> TypicalityCheck:
+        return cls(
+            state["bank"], state["reference"], state["shift"], state["scale"], neighbours=int(state["neighbours"])
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"TypicalityCheck(m={self.dim}, bank={len(self.bank)}, reference={len(self.reference)}, "
+            f"neighbours={self.neighbours})"
+        )
+
+
+def check_observation(posterior: Any, x_o: Any, *, alpha: float = 0.05) -> ObservationCheck:
+    """How typical ``x_o`` is among the simulations ``posterior`` was trained on.
+
+    Args:
+        posterior: any object with a ``check_observation(x, alpha=)`` method (sbikit's NPE
+            posteriors).
+        x_o: one observation or a batch ``(m, *x_shape)``.
+        alpha: level of the test.
+
+    Returns:
+        An :class:`ObservationCheck` (``str()`` of it is a readable report).
+
+    Raises:
+        TypeError: when ``posterior`` cannot check observations.
+    """
+    method = getattr(posterior, "check_observation", None)
+    if method is None:
+        raise TypeError(
+            f"{type(posterior).__name__} has no check_observation(); fit a TypicalityCheck on summaries of "
+            "your training simulations instead: TypicalityCheck.fit(summaries).check(summary_of_x_o)"
+        )
+    return method(x_o, alpha=alpha)
