@@ -9,8 +9,9 @@ the posterior and writes into the output folder:
   ``(d,)`` and, when known, ``theta_true`` ``(d,)``;
 * ``corner.png`` (true parameters marked) and ``loss.png`` (training curves);
 * ``posterior.pt``: the posterior, for :func:`sbikit.load`;
-* ``summary.json``: timings, epochs, losses, posterior mean and std per parameter, and
-  the configuration used (defaults filled in);
+* ``summary.json``: timings, epochs, losses, posterior mean and std per parameter, how
+  typical ``x_o`` is among the training simulations (``observation_check``: the p-value of
+  ``posterior.check_observation``), and the configuration used (defaults filled in);
 * ``config.toml``: a copy of the configuration file;
 * with ``[reference] mcmc = true`` (simulators with an exact likelihood only): an emcee
   reference posterior for ``x_o`` (:func:`sbikit.mcmc.reference_posterior`) in
@@ -281,6 +282,11 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bool = T
     samples = posterior.sample(num_samples, x=x_o, seed=cfg.posterior.seed)
     sample_time = time.perf_counter() - start
     samples_np = samples.numpy()
+    observation_check = None
+    if posterior.typicality is not None:
+        check = posterior.check_observation(x_o)
+        observation_check = {"p_value": float(check.p_value[0]), "typical_at_0.05": bool(check.typical[0])}
+        logger.info("observation check: %s", check)
 
     # Files.
     arrays: dict[str, np.ndarray] = {"samples": samples_np, "x_o": x_o, "theta_names": np.array(names)}
@@ -331,6 +337,7 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, *, progress: bool = T
         "num_samples": num_samples,
         "posterior_mean": {name: float(m) for name, m in zip(names, mean, strict=True)},
         "posterior_std": {name: float(s) for name, s in zip(names, std, strict=True)},
+        "observation_check": observation_check,
         "reference": reference,
         "calibration": calibration,
         "files": [f for f in OUTPUT_FILES if f == "summary.json" or (out / f).exists()],

@@ -92,6 +92,7 @@ def test_run_summary(smoke_run):
     assert 1 <= summary["epochs"] <= cfg.train.max_epochs
     assert set(summary["posterior_mean"]) == {"theta_1", "theta_2"}
     assert all(s > 0 for s in summary["posterior_std"].values())
+    assert 0 < summary["observation_check"]["p_value"] <= 1  # x_o is checked against the training set
     assert summary["config"]["output"]["dir"] == str(out)  # --out wins over [output] dir
     assert summary["config"]["train"]["max_epochs"] == cfg.train.max_epochs
 
