@@ -10,3 +10,17 @@ from sbikit.density.misspecification import (
 )
 
 __all__ = ["GMM", "TypicalityCheck", "ObservationCheck", "OutOfDistributionWarning", "check_observation"]
+
+from sbikit.density.anomaly import (  # noqa: E402
+    AnomalyDetector,
+    AnomalyScore,
+    PCAReconstructionScore,
+    WGANAnomalyScore,
+    auroc,
+    roc_curve,
+    threshold_at_fpr,
+)
+from sbikit.density.flow_density import FlowDensity, load_density  # noqa: E402
+
+__all__ += ["FlowDensity", "load_density", "AnomalyScore", "AnomalyDetector", "PCAReconstructionScore"]
+__all__ += ["WGANAnomalyScore", "auroc", "roc_curve", "threshold_at_fpr"]
