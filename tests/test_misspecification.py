@@ -128,3 +128,23 @@ def test_streamed_training_carries_a_check(tmp_path) -> None:
     assert post.typicality is not None and len(post.typicality.bank) + len(post.typicality.reference) == 600
     p = post.check_observation(np.asarray(store.x[:50])).p_value
     assert bool(((p > 0) & (p <= 1)).all())
+
+
+@pytest.mark.filterwarnings("ignore:the emcee chain")  # a 200-step chain: only the warning matters here
+def test_nle_posterior_checks_observations(tmp_path) -> None:
+    sim = simulators.get("gaussian_linear", dim=2)
+    theta = sim.prior.sample(1000, seed=0)
+    post = sbikit.NLE(sim.prior, device="cpu").fit(
+        theta, sim.simulate(theta, seed=1), seed=0, max_epochs=2, progress=False
+    )
+    assert post.typicality is not None and post.typicality.dim == 2
+    x_ok = sim.simulate(sim.prior.sample(3, seed=5), seed=6)
+    far = torch.tensor([30.0, -30.0])
+    res = post.check_observation(torch.cat([torch.as_tensor(x_ok), far[None]]))
+    assert res.p_value.shape == (4,) and not bool(res.typical[3])
+    with pytest.warns(OutOfDistributionWarning):
+        post.sample_mcmc(10, x=far, seed=0, max_steps=200)
+    post.save(tmp_path / "nle.pt")
+    assert torch.equal(
+        sbikit.load(tmp_path / "nle.pt").check_observation(far).p_value, post.check_observation(far).p_value
+    )

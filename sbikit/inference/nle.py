@@ -20,10 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sbikit.density.misspecification import TypicalityCheck
 from sbikit.flows import ConditionalFlow, build_flow
 from sbikit.inference._store_data import pair_stream, standardize, training_inputs
 from sbikit.inference.estimator import FlowEstimator
 from sbikit.inference.posterior import TrainedFlowModel
+from sbikit.inference.typicality import fit_typicality
 from sbikit.train import StreamingData, fit
 from sbikit.utils import as_float_tensor, prepare_training_pairs
 
@@ -147,7 +149,11 @@ class NLE(FlowEstimator):
         if not math.isfinite(result.best_val_loss):
             raise RuntimeError("training diverged: the validation loss is not finite")
         info = {"method": "NLE", "num_simulations": num_rows, **result.to_dict()}
-        return NLEPosterior(flow, self.prior, x_shape, info=info, theta_names=self.theta_names)
+        # The check rates observations by the density of their z-scored x (what the flow models).
+        typicality = fit_typicality(
+            flow, data, column=0, summarize=lambda xf: (xf - flow.y_shift) / flow.y_scale, seed=seed
+        )
+        return NLEPosterior(flow, self.prior, x_shape, info=info, theta_names=self.theta_names, typicality=typicality)
 
 
 def _flat_pairs(theta: Tensor, x: Tensor) -> list[Tensor]:
@@ -168,6 +174,10 @@ class NLEPosterior(TrainedFlowModel):
     """
 
     # -- observations ---------------------------------------------------------------------
+    def _summaries(self, x: Any) -> Tensor:
+        """z-scored flattened observations ``(k, prod(x_shape))``: what :meth:`check_observation` rates."""
+        return (self._observations(x) - self.flow.y_shift) / self.flow.y_scale
+
     def _observations(self, x: Any) -> Tensor:
         """``x_shape`` or ``(k, *x_shape)`` -> flattened ``(k, prod(x_shape))`` on the device."""
         if x is None:
@@ -276,6 +286,7 @@ class NLEPosterior(TrainedFlowModel):
         from sbikit.mcmc import sample_emcee  # emcee and scipy load on first use
 
         xs = self._observations(x)
+        self._warn_if_atypical((xs - self.flow.y_shift) / self.flow.y_scale, stacklevel=2)
 
         def log_likelihood(theta: np.ndarray) -> np.ndarray:
             th = torch.from_numpy(np.ascontiguousarray(theta, dtype=np.float32))
@@ -321,7 +332,13 @@ class NLEPosterior(TrainedFlowModel):
         }
 
     @classmethod
-    def from_saved(cls, config: dict[str, Any], state_dict: dict[str, Tensor], info: dict[str, Any]) -> NLEPosterior:
+    def from_saved(
+        cls,
+        config: dict[str, Any],
+        state_dict: dict[str, Tensor],
+        info: dict[str, Any],
+        typicality: TypicalityCheck | None = None,
+    ) -> NLEPosterior:
         """Rebuild from the parts of a saved file (used by :func:`sbikit.load`)."""
         from sbikit.flows import FlowConfig
         from sbikit.priors import prior_from_config
@@ -329,4 +346,11 @@ class NLEPosterior(TrainedFlowModel):
         prior = prior_from_config(config["prior"])
         flow = ConditionalFlow(FlowConfig.from_dict(config["flow"]), (prior.dim,))
         flow.load_state_dict(state_dict)
-        return cls(flow, prior, tuple(config["x_shape"]), info=info, theta_names=config.get("theta_names"))
+        return cls(
+            flow,
+            prior,
+            tuple(config["x_shape"]),
+            info=info,
+            theta_names=config.get("theta_names"),
+            typicality=typicality,
+        )

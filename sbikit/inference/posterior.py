@@ -85,6 +85,65 @@ class TrainedFlowModel:
     def config(self) -> dict[str, Any]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # -- misspecification ----------------------------------------------------------------
+    def check_observation(self, x: Any, *, alpha: float = 0.05) -> ObservationCheck:
+        """How typical ``x`` is among the training simulations (a misspecification check).
+
+        The density of ``x``'s summary (for NPE the flow's embedded context: the z-scored
+        ``x``, or the embedding's output; for NLE the z-scored ``x``) is estimated from its
+        nearest training summaries and compared with that of held-out training
+        simulations: the p-value is the share of those at most as typical
+        (``sbikit.density.misspecification`` has the details). A small p-value
+        means the simulator (or the prior) does not produce data like ``x``, and the
+        posterior for it should not be trusted.
+
+        Args:
+            x: one observation ``x_shape`` or a batch ``(m, *x_shape)`` (for NLE, each of
+                ``k`` i.i.d. observations is rated).
+            alpha: level of the test.
+
+        Returns:
+            An :class:`~sbikit.density.misspecification.ObservationCheck` with ``(m,)``
+            ``log_density``, ``p_value`` and ``typical``; ``print`` it for a report.
+
+        Raises:
+            ValueError: when the posterior carries no check (trained on fewer than 60
+                simulations, or saved by an sbikit without checks).
+        """
+        if self.typicality is None:
+            raise ValueError(
+                "this posterior carries no typicality check (trained on too few simulations, or saved by an "
+                "older sbikit); retrain it, or fit sbikit.density.TypicalityCheck on summaries of your simulations"
+            )
+        with torch.no_grad():
+            return self.typicality.check(self._summaries(x).cpu(), alpha=alpha)
+
+    def _summaries(self, x: Any) -> Tensor:  # pragma: no cover - abstract
+        """Observations ``x_shape`` or ``(m, *x_shape)`` -> the summaries the check rates, ``(m, k)``."""
+        raise NotImplementedError
+
+    def _warn_if_atypical(self, summaries: Tensor, *, stacklevel: int) -> None:
+        """Warn (:class:`OutOfDistributionWarning`) for observations less typical than nearly all simulations.
+
+        The threshold is ``WARN_P_VALUE`` (1e-3), or the smallest p-value the reference set
+        resolves, ``1 / (N_ref + 1)``, where that is larger (posteriors trained on fewer than
+        about 3,000 simulations): under the null hypothesis it fires at that rate.
+        """
+        if self.typicality is None or len(summaries) == 0:
+            return
+        p = self.typicality.p_value(summaries.detach().cpu())
+        level = max(WARN_P_VALUE, 1.0 / (len(self.typicality.reference) + 1.0))
+        bad = p <= level * (1 + 1e-9)
+        if bool(bad.any()):
+            which = "the observation is" if len(p) == 1 else f"{int(bad.sum())} of {len(p)} observations are"
+            warnings.warn(
+                f"{which} less typical than {100 * (1 - level):.1f}% of the training simulations (typicality "
+                f"p-value {float(p.min()):.3g}): the simulator or the prior may be misspecified for it, and its "
+                "posterior samples are not to be trusted; see posterior.check_observation(x)",
+                OutOfDistributionWarning,
+                stacklevel=stacklevel + 1,
+            )
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model to ``path`` (atomically: a temporary file, then a rename)."""
         path = Path(path)
@@ -163,7 +222,7 @@ class FlowPosterior(TrainedFlowModel):
         xt, batched = self._x(x)
         gen = make_generator(seed, self.device)
         embedded = self.flow.embed(xt)
-        self._warn_if_atypical(embedded)
+        self._warn_if_atypical(embedded, stacklevel=3)  # this <- sample <- torch.no_grad's wrapper <- caller
         out = torch.empty(len(xt), n, self.dim)
         per = max(1, chunk_size // max(n, 1))
         for i in range(0, len(xt), per):
@@ -174,59 +233,9 @@ class FlowPosterior(TrainedFlowModel):
                 out[i : i + per, j : j + k] = self.prior.from_unconstrained(u).cpu()
         return out if batched else out[0]
 
-    # -- misspecification ----------------------------------------------------------------
-    def check_observation(self, x: Any, *, alpha: float = 0.05) -> ObservationCheck:
-        """How typical ``x`` is among the training simulations (a misspecification check).
-
-        The density of ``x``'s embedded summary (the z-scored ``x``, or the embedding's
-        output) is estimated from its nearest training summaries and compared with that of
-        held-out training simulations: the p-value is the share of those at most as
-        typical (``sbikit.density.misspecification`` has the details). A small p-value
-        means the simulator (or the prior) does not produce data like ``x``, and the
-        posterior for it should not be trusted.
-
-        Args:
-            x: one observation ``x_shape`` or a batch ``(m, *x_shape)``.
-            alpha: level of the test.
-
-        Returns:
-            An :class:`~sbikit.density.misspecification.ObservationCheck` with ``(m,)``
-            ``log_density``, ``p_value`` and ``typical``; ``print`` it for a report.
-
-        Raises:
-            ValueError: when the posterior carries no check (trained on fewer than 60
-                simulations, or saved by an sbikit without checks).
-        """
-        if self.typicality is None:
-            raise ValueError(
-                "this posterior carries no typicality check (trained on too few simulations, or saved by an "
-                "older sbikit); retrain it, or fit sbikit.density.TypicalityCheck on summaries of your simulations"
-            )
+    def _summaries(self, x: Any) -> Tensor:
         xt, _ = self._x(x)
-        with torch.no_grad():
-            return self.typicality.check(self.flow.embed(xt).cpu(), alpha=alpha)
-
-    def _warn_if_atypical(self, embedded: Tensor) -> None:
-        """Warn (:class:`OutOfDistributionWarning`) for observations less typical than nearly all simulations.
-
-        The threshold is ``WARN_P_VALUE`` (1e-3), or the smallest p-value the reference set
-        resolves, ``1 / (N_ref + 1)``, where that is larger (posteriors trained on fewer than
-        about 3,000 simulations): under the null hypothesis it fires at that rate.
-        """
-        if self.typicality is None or len(embedded) == 0:
-            return
-        p = self.typicality.p_value(embedded.detach().cpu())
-        level = max(WARN_P_VALUE, 1.0 / (len(self.typicality.reference) + 1.0))
-        bad = p <= level * (1 + 1e-9)
-        if bool(bad.any()):
-            which = "the observation is" if len(p) == 1 else f"{int(bad.sum())} of {len(p)} observations are"
-            warnings.warn(
-                f"{which} less typical than {100 * (1 - level):.1f}% of the training simulations (typicality "
-                f"p-value {float(p.min()):.3g}): the simulator or the prior may be misspecified for it, and its "
-                "posterior samples are not to be trusted; see posterior.check_observation(x)",
-                OutOfDistributionWarning,
-                stacklevel=4,  # warn <- this <- sample <- torch.no_grad's wrapper <- the caller
-            )
+        return self.flow.embed(xt)
 
     # -- density ------------------------------------------------------------------------
     def log_prob(self, theta: Any, x: Any) -> Tensor:
@@ -372,22 +381,23 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Fl
     if int(payload.get("version", 0)) > FORMAT_VERSION:
         raise ValueError(f"{path} was written by a newer sbikit (format version {payload['version']})")
     cfg = json.loads(payload["config"])
+    state = payload.get("typicality")
+    typicality = None if state is None else TypicalityCheck.from_state(state)
     if cfg.get("kind") == "nle_posterior":
         from sbikit.inference.nle import NLEPosterior
 
-        nle = NLEPosterior.from_saved(cfg, payload["state_dict"], json.loads(payload["info"]))
+        nle = NLEPosterior.from_saved(cfg, payload["state_dict"], json.loads(payload["info"]), typicality)
         return nle.to(device)  # type: ignore[return-value]
     prior = prior_from_config(cfg["prior"])
     flow_cfg = FlowConfig.from_dict(cfg["flow"])
     flow = ConditionalFlow(flow_cfg, tuple(cfg["x_shape"]), _build_embedding(cfg.get("embedding")))
     flow.load_state_dict(payload["state_dict"])
-    state = payload.get("typicality")
     post = FlowPosterior(
         flow,
         prior,
         tuple(cfg["x_shape"]),
         info=json.loads(payload["info"]),
         theta_names=cfg.get("theta_names"),
-        typicality=None if state is None else TypicalityCheck.from_state(state),
+        typicality=typicality,
     )
     return post.to(device)

@@ -1,14 +1,15 @@
-"""Fit the typicality check a posterior carries: summaries of training simulations, embedded.
+"""Fit the typicality check a posterior carries: summaries of the training simulations.
 
 The check (:class:`sbikit.density.misspecification.TypicalityCheck`) rates observations by
-the density of the flow's embedded context, ``embed(x)``: the z-scored ``x`` for vector
-data, the embedding network's summaries for images. This module collects those summaries
-from the training data after training.
+the density of a summary: for NPE the flow's embedded context, ``embed(x)`` (the z-scored
+``x`` for vector data, the embedding network's summaries for images); for NLE the z-scored
+``x``. This module collects those summaries from the training data after training.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -26,31 +27,31 @@ _EMBED_BATCH = 4096
 
 
 @torch.no_grad()
-def embedded_summaries(flow: ConditionalFlow, x: Tensor) -> Tensor:
-    """``flow.embed`` of raw contexts ``(n, *x_shape)`` in batches, on the flow's device -> CPU ``(n, k)``."""
+def _summarize(flow: ConditionalFlow, summarize: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``summarize`` of raw rows ``(n, ...)`` in batches, in eval mode on the flow's device -> CPU ``(n, k)``."""
     was_training = flow.training
     flow.eval()
     dev = flow.y_shift.device
     try:
-        out = [flow.embed(x[i : i + _EMBED_BATCH].to(dev)).float().cpu() for i in range(0, len(x), _EMBED_BATCH)]
+        out = [summarize(x[i : i + _EMBED_BATCH].to(dev)).float().cpu() for i in range(0, len(x), _EMBED_BATCH)]
     finally:
         flow.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, flow.config.context_features)
+    return torch.cat(out)
 
 
-def _raw_contexts(data: tuple[Tensor, ...] | StreamingData, rows: int, seed: int | None) -> Tensor:
-    """Up to ``rows`` raw contexts: a random subset in memory, the first blocks of a stream."""
+def _raw_rows(data: tuple[Tensor, ...] | StreamingData, column: int, rows: int, seed: int | None) -> Tensor:
+    """Up to ``rows`` rows of tensor ``column``: a random subset in memory, the first blocks of a stream."""
     if isinstance(data, StreamingData):
         parts: list[Tensor] = []
         have = 0
         for b in range(data.num_blocks):
-            x = data.read(b)[-1]
+            x = data.read(b)[column]
             parts.append(x)
             have += len(x)
             if have >= rows:
                 break
         return torch.cat(parts)[:rows]
-    x = data[-1]
+    x = data[column]
     if len(x) <= rows:
         return x
     gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
@@ -58,17 +59,24 @@ def _raw_contexts(data: tuple[Tensor, ...] | StreamingData, rows: int, seed: int
 
 
 def fit_typicality(
-    flow: ConditionalFlow, data: tuple[Tensor, ...] | StreamingData, *, seed: int | None
+    flow: ConditionalFlow,
+    data: tuple[Tensor, ...] | StreamingData,
+    *,
+    column: int,
+    summarize: Callable[[Tensor], Tensor],
+    seed: int | None,
 ) -> TypicalityCheck | None:
-    """A :class:`TypicalityCheck` on the embedded training contexts, or ``None`` when too few.
+    """A :class:`TypicalityCheck` on summaries of the training simulations, or ``None`` when too few.
 
     Args:
-        flow: the trained flow (its ``embed`` defines the summaries).
-        data: the training data as given to :func:`sbikit.train.fit` (contexts last).
+        flow: the trained flow (run in eval mode, on its device, while summarising).
+        data: the training data as given to :func:`sbikit.train.fit`.
+        column: which tensor of ``data`` holds the simulations ``x``.
+        summarize: raw rows of that tensor ``(b, ...)`` -> summaries ``(b, k)``.
         seed: seed of the row subset and of the bank/reference split.
     """
-    x = _raw_contexts(data, _ROWS, seed)
+    x = _raw_rows(data, column, _ROWS, seed)
     if len(x) < min_simulations():
         logger.info("%d simulations are too few for a typicality check; check_observation is unavailable", len(x))
         return None
-    return TypicalityCheck.fit(embedded_summaries(flow, x), seed=seed)
+    return TypicalityCheck.fit(_summarize(flow, summarize, x), seed=seed)
