@@ -44,6 +44,7 @@ __all__ = [
     "PCAReconstructionScore",
     "WGANAnomalyScore",
     "threshold_at_fpr",
+    "gaussian_smooth",
     "auroc",
     "roc_curve",
     "MIN_EXCEEDANCES",
@@ -287,42 +288,57 @@ def roc_curve(scores_normal: Any, scores_anomalous: Any) -> tuple[Tensor, Tensor
 class PCAReconstructionScore(AnomalyScore):
     """RMS residual of the projection on the leading principal components of normal data.
 
-    ``score(x) = sqrt(mean_pixels (x - decode(encode(x)))^2)``, in data units. For normal
-    data that lie near a ``k``-dimensional linear subspace with white noise of standard
-    deviation ``sigma`` in ``D`` dimensions, it is about ``sigma sqrt((D - k) / D)``; anything
-    outside the subspace (a trail, a cosmic ray) adds to it.
+    ``score(x) = sqrt(mean_pixels r^2)`` with ``r = x - decode(encode(x))``, in data units. For
+    normal data that lie near a ``k``-dimensional linear subspace with white noise of
+    standard deviation ``sigma`` in ``D`` dimensions, it is about ``sigma sqrt((D - k) / D)``;
+    anything outside the subspace (a trail, a cosmic ray) adds to it.
+
+    With ``smoothing = s > 0`` (images only) the residual is first convolved with a Gaussian
+    of standard deviation ``s`` pixels. White noise then averages down while structure wider
+    than a pixel does not, so anomalies seen through the optics (trails, rings, blends) stand
+    out more: smoothing by the PSF is the matched filter for them. Structure sharper than
+    the PSF (cosmic rays) is detected better without it. docs/anomalies.md has the numbers.
 
     Args:
         num_components: ``k``, the principal components kept (fewer than the data dimension).
+        smoothing: Gaussian standard deviation in pixels for the residual (0: none).
     """
 
-    def __init__(self, num_components: int = 16) -> None:
+    def __init__(self, num_components: int = 8, *, smoothing: float = 0.0) -> None:
         if int(num_components) < 1:
             raise ValueError(f"num_components must be a positive integer, got {num_components}")
+        if not float(smoothing) >= 0.0:
+            raise ValueError(f"smoothing must be >= 0 pixels, got {smoothing}")
         self.num_components = int(num_components)
+        self.smoothing = float(smoothing)
         self.pca: PCA | None = None
 
     def fit(self, x_normal: Any, *, device: str | torch.device = "auto") -> PCAReconstructionScore:
-        """Fit the components to normal data ``(n, *x_shape)`` (``n > num_components``); returns self."""
-        self.pca = PCA(self.num_components, whiten=False).fit(x_normal, device=device)
+        """Fit the components to normal data ``(n, *x_shape)`` (``n > num_components``); returns self.
+
+        Raises:
+            ValueError: with ``smoothing > 0`` for data that are not images ``(n, H, W)`` / ``(n, C, H, W)``.
+        """
+        xt = as_float_tensor(x_normal, "x_normal")
+        if self.smoothing > 0 and xt.ndim not in (3, 4):
+            raise ValueError(f"smoothing needs images (n, H, W) or (n, C, H, W), got shape {tuple(xt.shape)}")
+        self.pca = PCA(self.num_components, whiten=False).fit(xt, device=device)
         return self
 
     def reconstruct(self, x: Any) -> Tensor:
         """Projection of ``x`` ``(n, *x_shape)`` on the components -> ``(n, *x_shape)`` (CPU, data units)."""
         pca = self._require_fit()
-        return pca.decode(pca.encode(self._batch(x)))
+        xt, _ = pca._check_x(x)
+        return pca.decode(pca.encode(xt))
 
     def score(self, x: Any) -> Tensor:
-        """RMS reconstruction residual ``(n,)`` (float32 CPU) of ``x`` ``(n, *x_shape)``."""
+        """RMS (smoothed) reconstruction residual ``(n,)`` (float32 CPU) of ``x`` ``(n, *x_shape)``."""
         pca = self._require_fit()
-        xt = self._batch(x)
-        resid = (xt - pca.decode(pca.encode(xt))).reshape(len(xt), -1)
-        return resid.square().mean(1).sqrt()
-
-    def _batch(self, x: Any) -> Tensor:
-        pca = self._require_fit()
-        xt, single = pca._check_x(x)
-        return xt
+        xt, _ = pca._check_x(x)
+        resid = xt - pca.decode(pca.encode(xt))
+        if self.smoothing > 0:
+            resid = gaussian_smooth(resid, self.smoothing)
+        return resid.reshape(len(xt), -1).square().mean(1).sqrt()
 
     def _require_fit(self) -> PCA:
         if self.pca is None:
@@ -330,7 +346,30 @@ class PCAReconstructionScore(AnomalyScore):
         return self.pca
 
     def __repr__(self) -> str:
-        return f"PCAReconstructionScore(num_components={self.num_components}, fitted={self.pca is not None})"
+        return (
+            f"PCAReconstructionScore(num_components={self.num_components}, smoothing={self.smoothing}, "
+            f"fitted={self.pca is not None})"
+        )
+
+
+def gaussian_smooth(images: Tensor, sigma: float) -> Tensor:
+    """Convolve images ``(n, H, W)`` or ``(n, C, H, W)`` with a unit-sum Gaussian of ``sigma`` pixels.
+
+    Separable, truncated at ``4 sigma`` (at most the image side), reflecting at the edges.
+
+    Returns:
+        The smoothed images, same shape.
+    """
+    shape = images.shape
+    x = images.reshape(-1, 1, shape[-2], shape[-1])
+    radius = max(1, min(int(math.ceil(4 * sigma)), min(shape[-2], shape[-1]) - 1))
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    x = nn.functional.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = nn.functional.conv2d(x, k.reshape(1, 1, 1, -1))
+    x = nn.functional.conv2d(x, k.reshape(1, 1, -1, 1))
+    return x.reshape(shape)
 
 
 # -- WGAN score -------------------------------------------------------------------------------------
