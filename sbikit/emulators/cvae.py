@@ -1,0 +1,299 @@
+"""Conditional variational autoencoder: ``q(z | x, theta)``, ``p(x | z, theta)`` and ``p(z) = N(0, I)``.
+
+As an emulator it draws ``z ~ N(0, I)`` and then ``x = mu(z, theta) + s * eps`` with the
+decoder mean ``mu`` and a learned scale ``s`` per output element (``eps ~ N(0, I)``): a
+deterministic part that the latent variable can vary plus independent Gaussian noise,
+which is what many instrument simulators produce (the ``sersic`` galaxy plus white pixel
+noise is exactly of this form).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from sbikit.compressors.cnn import DEFAULT_CHANNELS, ConvDecoder, ConvEncoder
+from sbikit.emulators.base import Emulator, mlp
+from sbikit.priors import make_generator
+from sbikit.train import FitResult, fit
+from sbikit.utils import resolve_device
+
+__all__ = ["ConditionalVAE", "cvae_loss", "cvae_terms", "DECODERS"]
+
+_LOG_2PI = math.log(2 * math.pi)
+#: Decoders for images: convolutional (``ConvDecoder``) or an MLP to all pixels.
+DECODERS: tuple[str, ...] = ("conv", "mlp")
+
+
+def cvae_terms(model: ConditionalVAE, theta_s: Tensor, x_s: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """The two pieces of the negative ELBO per row, for given reparameterisation noise.
+
+    With ``(mu, log_var) = encoder(x, theta)`` and ``z = mu + exp(log_var / 2) * eps``:
+
+    * reconstruction ``-log N(x; decoder(z, theta), diag s^2)
+      = sum_i [(x_i - m_i)^2 / (2 s_i^2) + log s_i + log(2 pi) / 2]``;
+    * ``KL(q(z | x, theta) || N(0, I)) = 1/2 sum_j (mu_j^2 + exp(log_var_j) - 1 - log_var_j)``.
+
+    Args:
+        model: the emulator (built).
+        theta_s: standardised parameters ``(b, d)``.
+        x_s: standardised data ``(b, *x_shape)``.
+        eps: standard normal noise ``(b, latent_dim)``.
+
+    Returns:
+        ``(reconstruction, kl)``, each ``(b,)``, in nats of standardised data.
+    """
+    mu, log_var = model._posterior(x_s, theta_s)
+    z = mu + torch.exp(0.5 * log_var) * eps
+    r = (x_s - model._decode(z, theta_s)).flatten(1)
+    log_s = model.log_noise_scale.flatten()
+    recon = (0.5 * r**2 * torch.exp(-2 * log_s) + log_s + 0.5 * _LOG_2PI).sum(1)
+    kl = 0.5 * (mu**2 + log_var.exp() - 1.0 - log_var).sum(1)
+    return recon, kl
+
+
+def cvae_loss(model: ConditionalVAE, theta_s: Tensor, x_s: Tensor) -> Tensor:
+    """Negative ELBO ``reconstruction + beta * KL`` (:func:`cvae_terms`) averaged over the batch.
+
+    The reparameterisation noise comes from torch's global generator (seeded by
+    :meth:`ConditionalVAE.fit`).
+
+    Args:
+        model: the emulator.
+        theta_s: standardised parameters ``(b, d)``.
+        x_s: standardised data ``(b, *x_shape)``.
+
+    Returns:
+        Scalar tensor (nats per row).
+    """
+    eps = torch.randn(x_s.shape[0], model.latent_dim, device=x_s.device)
+    recon, kl = cvae_terms(model, theta_s, x_s, eps)
+    return (recon + model.beta * kl).mean()
+
+
+class ConditionalVAE(Emulator):
+    """A conditional VAE used as a fast simulator of ``x | theta``.
+
+    Networks: for vectors ``(D,)`` MLPs (encoder on ``[x, theta]``, decoder on ``[z, theta]``);
+    for images ``(H, W)`` / ``(C, H, W)`` a :class:`~sbikit.compressors.ConvEncoder` (positions
+    kept, ``pooling="flatten"``) whose features are joined with ``theta`` in an MLP head, and a
+    :class:`~sbikit.compressors.ConvDecoder` fed ``[z, theta]``. ``theta`` enters standardised.
+    The likelihood is Gaussian with one learned scale per output element.
+
+    Args:
+        latent_dim: dimension of ``z``.
+        hidden_features: width of the MLPs (and of the image encoder's features).
+        num_layers: hidden layers of the vector MLPs.
+        channels: channels per convolutional stage (images).
+        beta: weight of the KL term (``1`` is the ELBO).
+        x_shape, theta_dim, prior, theta_names: see :class:`~sbikit.emulators.Emulator`.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 8,
+        *,
+        hidden_features: int = 128,
+        num_layers: int = 2,
+        channels: Sequence[int] = DEFAULT_CHANNELS,
+        beta: float = 1.0,
+        decoder: str = "conv",
+        x_shape: Sequence[int] | None = None,
+        theta_dim: int | None = None,
+        prior: Any = None,
+        theta_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(
+            latent_dim=latent_dim, x_shape=x_shape, theta_dim=theta_dim, prior=prior, theta_names=theta_names
+        )
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        if int(hidden_features) < 1 or int(num_layers) < 1:
+            raise ValueError("hidden_features and num_layers must be positive integers")
+        self.hidden_features = int(hidden_features)
+        self.num_layers = int(num_layers)
+        self.channels = tuple(int(c) for c in channels)
+        self.beta = float(beta)
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        self.decoder_kind = decoder
+        self._maybe_build()
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "hidden_features": self.hidden_features,
+            "num_layers": self.num_layers,
+            "channels": list(self.channels),
+            "beta": self.beta,
+            "decoder": self.decoder_kind,
+        }
+
+    def _build(self) -> None:
+        assert self.x_shape is not None and self.theta_dim is not None
+        d, k, h = self.theta_dim, self.latent_dim, self.hidden_features
+        if self.is_image:
+            self.encoder = ConvEncoder(self.x_shape, h, channels=self.channels, pooling="flatten")
+            self.encoder_head = mlp(h + d, 2 * k, h, 1)
+            if self.decoder_kind == "conv":
+                self.decoder = ConvDecoder(k + d, self.x_shape, channels=self.channels)
+            else:
+                self.decoder = mlp(k + d, math.prod(self.x_shape), h, self.num_layers)
+        else:
+            size = math.prod(self.x_shape)
+            self.encoder = mlp(size + d, 2 * k, h, self.num_layers)
+            self.encoder_head = nn.Identity()
+            self.decoder = mlp(k + d, size, h, self.num_layers)
+        self.log_noise_scale = nn.Parameter(torch.zeros(self.x_shape))
+
+    # -- networks ---------------------------------------------------------------------------------
+    def _posterior(self, x_s: Tensor, theta_s: Tensor) -> tuple[Tensor, Tensor]:
+        """Standardised ``x`` ``(b, *x_shape)`` and ``theta`` ``(b, d)`` -> ``(mu, log_var)``, each ``(b, k)``.
+
+        The log-variance is clamped to [-12, 8].
+        """
+        if self.is_image:
+            h = self.encoder_head(torch.cat([self.encoder(x_s), theta_s], dim=1))
+        else:
+            h = self.encoder(torch.cat([x_s.flatten(1), theta_s], dim=1))
+        mu, log_var = h.chunk(2, dim=1)
+        return mu, log_var.clamp(-12.0, 8.0)
+
+    def _decode(self, z: Tensor, theta_s: Tensor) -> Tensor:
+        """Latents ``(b, k)`` and standardised ``theta`` ``(b, d)`` -> standardised means ``(b, *x_shape)``."""
+        assert self.x_shape is not None
+        out = self.decoder(torch.cat([z, theta_s], dim=1))
+        return out.reshape(z.shape[0], *self.x_shape)
+
+    def _draw(self, theta_s: Tensor, gen: torch.Generator) -> Tensor:
+        assert self.x_shape is not None
+        b = theta_s.shape[0]
+        z = torch.randn(b, self.latent_dim, generator=gen, device=theta_s.device)
+        mean = self._decode(z, theta_s)
+        noise = torch.randn(b, *self.x_shape, generator=gen, device=theta_s.device)
+        return mean + torch.exp(self.log_noise_scale) * noise
+
+    # -- training -----------------------------------------------------------------------------------
+    def fit(
+        self,
+        theta: Any,
+        x: Any,
+        *,
+        seed: int | None = None,
+        batch_size: int | None = None,
+        learning_rate: float = 1e-3,
+        max_epochs: int = 200,
+        validation_fraction: float = 0.1,
+        patience: int = 20,
+        device: str | torch.device = "auto",
+        progress: bool = True,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
+    ) -> ConditionalVAE:
+        """Maximise the ELBO (:func:`cvae_loss`) with :func:`sbikit.train.fit`.
+
+        Args:
+            theta: parameters ``(n, d)`` (numpy or torch), or ``None`` for an unconditional VAE.
+            x: simulations ``(n, *x_shape)``; must be finite.
+            seed: initial weights, reparameterisation noise, validation split and batch order.
+            batch_size, learning_rate, max_epochs, validation_fraction, patience, progress:
+                passed to :func:`sbikit.train.fit` (early stopping on the validation ELBO, the
+                best epoch's weights restored).
+            device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+            checkpoint: file written atomically after every epoch; with ``resume=True`` a
+                killed fit continues from it and ends as the uninterrupted run would.
+            resume: continue from ``checkpoint`` when it exists.
+
+        Returns:
+            self; ``self.history`` is the :class:`~sbikit.train.FitResult` (negative ELBO per
+            row, in nats of standardised data).
+
+        Raises:
+            ValueError: on mismatched rows, wrong shapes or NaN/inf in ``theta`` or ``x``.
+        """
+        th, xt = self._start_fit(theta, x, seed=seed)
+        dev = resolve_device(device)
+        with torch.no_grad():
+            data = (self.standardize_theta(th.to(self.device)).cpu(), self.standardize_x(xt.to(self.device)).cpu())
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            result = fit(
+                self,
+                cvae_loss,
+                data,
+                seed=seed,
+                batch_size=batch_size,
+                learning_rate=learning_rate,
+                max_epochs=max_epochs,
+                validation_fraction=validation_fraction,
+                patience=patience,
+                device=dev,
+                progress=progress,
+                description="ConditionalVAE",
+                checkpoint=checkpoint,
+                resume=resume,
+            )
+        if not math.isfinite(result.best_val_loss):
+            raise RuntimeError("ConditionalVAE: training diverged (the validation loss is not finite)")
+        self.history = result
+        self.fitted.fill_(True)
+        self.eval()
+        return self
+
+    @classmethod
+    def _history_from_dict(cls, data: dict[str, Any]) -> FitResult:
+        return FitResult(**{k: v for k, v in data.items() if k in FitResult.__dataclass_fields__})
+
+    # -- extras ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, z: Any, theta: Any = None) -> Tensor:
+        """Decoder means (no pixel noise) for latents ``z`` ``(n, k)`` at ``theta`` ``(n, d)``.
+
+        Returns:
+            ``(n, *x_shape)``, float32 CPU, data units.
+        """
+        self._require_fitted("decode(z, theta)")
+        zt = torch.as_tensor(z, dtype=torch.float32)
+        if zt.ndim != 2 or zt.shape[1] != self.latent_dim:
+            raise ValueError(f"z must have shape (n, {self.latent_dim}), got {tuple(zt.shape)}")
+        th = None
+        if self.conditional:
+            th, _ = self._check_theta(theta)
+            if len(th) != len(zt):
+                raise ValueError(f"z has {len(zt)} rows but theta has {len(th)}")
+        ts = self._theta_for_network(th, len(zt))
+        self.eval()
+        return self.unstandardize_x(self._decode(zt.to(self.device), ts)).cpu()
+
+    @torch.no_grad()
+    def elbo(self, theta: Any, x: Any, seed: int | None = 0) -> Tensor:
+        """ELBO (``beta = 1``) per row with one reparameterised draw, a lower bound on ``log p(x | theta)``.
+
+        Args:
+            theta: ``(n, d)`` (``None`` for an unconditional VAE).
+            x: ``(n, *x_shape)``.
+            seed: seed of the reparameterisation noise.
+
+        Returns:
+            ``(n,)`` in nats of ``x`` in data units (comparable with a simulator's log-likelihood).
+        """
+        self._require_fitted("elbo(theta, x)")
+        xt = self._check_x(x)
+        th = None
+        if self.conditional:
+            th, _ = self._check_theta(theta)
+            if len(th) != len(xt):
+                raise ValueError(f"theta and x need the same number of rows, got {len(th)} and {len(xt)}")
+        ts = self._theta_for_network(th, len(xt))
+        xs = self.standardize_x(xt.to(self.device))
+        gen = make_generator(seed, self.device)
+        eps = torch.randn(len(xt), self.latent_dim, generator=gen, device=self.device)
+        self.eval()
+        recon, kl = cvae_terms(self, ts, xs, eps)
+        log_jacobian = torch.log(self.x_scale).sum()
+        return (-recon - kl - log_jacobian).cpu()

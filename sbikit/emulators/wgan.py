@@ -1,0 +1,601 @@
+"""Conditional Wasserstein GAN with gradient penalty (WGAN-GP), usable as a simulator or unconditionally.
+
+A generator ``G(z, theta)`` turns ``z ~ N(0, I)`` into data; a critic ``D(x, theta)`` scores
+data. With ``x_hat = u * x_real + (1 - u) * x_fake`` (``u ~ U[0, 1]`` per row) the critic
+minimises
+
+    L_D = E[D(x_fake)] - E[D(x_real)] + lambda * E[(||grad_x_hat D(x_hat)||_2 - 1)^2]
+
+(``lambda = 10``) and the generator minimises ``L_G = -E[D(G(z, theta))]``; the critic takes
+``critic_steps`` (5) steps per generator step, both with Adam (``betas = (0.5, 0.9)``).
+``-L_D`` without the penalty estimates the Wasserstein-1 distance between the data and the
+generator. Real and fake rows of a critic batch share their ``theta`` (the generator is
+fed the parameters of the real batch), and the penalty interpolates ``x`` only. Networks
+work in standardised units and the penalty is on the gradient with respect to standardised
+data.
+
+With ``noise="diagonal"`` (default) the generator is ``G(z, theta) = m(z, theta) + s * eps``:
+a network ``m`` plus independent Gaussian noise ``eps`` with a learned scale ``s`` per output
+element, so that white pixel noise (hundreds of independent degrees of freedom) need not
+come out of a low-dimensional ``z``.
+
+Fitted without ``theta`` (``fit(None, x)``) the WGAN is unconditional; every method then
+takes ``theta=None``. The public pieces that other tools (the anomaly score) build on:
+``latent_dim``, ``x_shape``, :meth:`ConditionalWGAN.generate`,
+:meth:`ConditionalWGAN.critic`, :meth:`ConditionalWGAN.critic_features` and
+:meth:`ConditionalWGAN.sample`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from sbikit.compressors.cnn import DEFAULT_CHANNELS, POOLINGS, ConvDecoder, ConvEncoder
+from sbikit.emulators.base import Emulator, mlp
+from sbikit.priors import make_generator
+from sbikit.train import _check_fingerprint, _checksum, _load_checkpoint, _save_checkpoint, _torch_threads
+from sbikit.utils import as_float_tensor, resolve_device
+
+__all__ = ["ConditionalWGAN", "WGANHistory", "gradient_penalty", "critic_loss", "NOISE_MODELS"]
+
+logger = logging.getLogger(__name__)
+
+#: Output noise models of :class:`ConditionalWGAN`.
+NOISE_MODELS: tuple[str | None, ...] = ("diagonal", None)
+_CHECKPOINT_KIND = "sbikit-wgan"
+_CHECKPOINT_FORMAT = 1  # the format number sbikit.train's checkpoint reader accepts
+# Rows per forward pass when the validation Wasserstein estimate is computed.
+_EVAL_CHUNK = 2048
+_LEAKY_SLOPE = 0.2
+
+
+@dataclass
+class WGANHistory:
+    """What happened during :meth:`ConditionalWGAN.fit`, one entry per epoch.
+
+    Attributes:
+        critic_loss: mean critic loss ``L_D`` (penalty included).
+        generator_loss: mean generator loss ``L_G``.
+        wasserstein: mean of ``E[D(real)] - E[D(fake)]`` over the critic's training batches.
+        gradient_penalty: mean of ``E[(||grad D|| - 1)^2]`` (without the weight).
+        val_wasserstein: ``E[D(real)] - E[D(fake)]`` on the held-out rows with fixed latents
+            (the same ``z`` every epoch), a progress measure: it falls as the generator improves.
+        epochs: number of epochs run.
+        generator_steps: generator updates done.
+        train_time: wall time in seconds.
+    """
+
+    critic_loss: list[float] = field(default_factory=list)
+    generator_loss: list[float] = field(default_factory=list)
+    wasserstein: list[float] = field(default_factory=list)
+    gradient_penalty: list[float] = field(default_factory=list)
+    val_wasserstein: list[float] = field(default_factory=list)
+    epochs: int = 0
+    generator_steps: int = 0
+    train_time: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "critic_loss": self.critic_loss,
+            "generator_loss": self.generator_loss,
+            "wasserstein": self.wasserstein,
+            "gradient_penalty": self.gradient_penalty,
+            "val_wasserstein": self.val_wasserstein,
+            "epochs": self.epochs,
+            "generator_steps": self.generator_steps,
+            "train_time": self.train_time,
+        }
+
+
+def gradient_penalty(critic: Callable[[Tensor], Tensor], real: Tensor, fake: Tensor, u: Tensor) -> Tensor:
+    """``E[(||grad_x_hat critic(x_hat)||_2 - 1)^2]`` at ``x_hat = u * real + (1 - u) * fake``.
+
+    Args:
+        critic: maps a batch ``(b, *x_shape)`` to scores ``(b,)``.
+        real: ``(b, *x_shape)``.
+        fake: ``(b, *x_shape)`` (treated as a constant).
+        u: interpolation weights in [0, 1], ``(b, 1, ..., 1)`` (broadcast over ``x_shape``).
+
+    Returns:
+        Scalar tensor, differentiable with respect to the critic's parameters.
+    """
+    x_hat = (u * real + (1.0 - u) * fake).detach().requires_grad_(True)
+    score = critic(x_hat)
+    (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
+    norm = torch.sqrt(grad.flatten(1).square().sum(1) + 1e-12)  # the offset keeps the gradient finite at 0
+    return (norm - 1.0).square().mean()
+
+
+def critic_loss(
+    model: ConditionalWGAN, theta_s: Tensor, real_s: Tensor, fake_s: Tensor, u: Tensor, *, gp_weight: float = 10.0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The critic's WGAN-GP loss on one batch (standardised units).
+
+    Args:
+        model: the WGAN.
+        theta_s: standardised parameters ``(b, d)`` shared by the real and fake rows.
+        real_s: standardised simulations ``(b, *x_shape)``.
+        fake_s: standardised generator outputs ``(b, *x_shape)`` (no gradient needed).
+        u: interpolation weights ``(b, 1, ..., 1)``.
+        gp_weight: ``lambda``.
+
+    Returns:
+        ``(loss, wasserstein, penalty)``: ``E[D(fake)] - E[D(real)] + lambda * penalty``,
+        ``E[D(real)] - E[D(fake)]`` and the unweighted penalty (scalars).
+    """
+    wasserstein = model._critic_score(real_s, theta_s).mean() - model._critic_score(fake_s, theta_s).mean()
+    penalty = gradient_penalty(lambda xh: model._critic_score(xh, theta_s), real_s, fake_s, u)
+    return -wasserstein + gp_weight * penalty, wasserstein, penalty
+
+
+class ConditionalWGAN(Emulator):
+    """A (conditional) WGAN-GP used as a fast simulator of ``x | theta``, or as a model of ``x`` alone.
+
+    Networks: for vectors ``(D,)`` MLPs (generator on ``[z, theta]``; critic on ``[x, theta]``
+    with LeakyReLU); for images ``(H, W)`` / ``(C, H, W)`` a
+    :class:`~sbikit.compressors.ConvDecoder` fed ``[z, theta]`` and a critic made of a
+    :class:`~sbikit.compressors.ConvEncoder` whose features are joined with ``theta`` in a
+    LeakyReLU layer (the critic features) and a linear score. No batch normalisation (it
+    breaks the per-row gradient penalty), so training and evaluation modes compute the same.
+
+    Args:
+        latent_dim: dimension of ``z``.
+        hidden_features: width of the MLPs, of the image critic's features and of
+            :meth:`critic_features`.
+        num_layers: hidden layers of the vector MLPs.
+        channels: channels per convolutional stage (images).
+        critic_pooling: pooling of the image critic's encoder (``"flatten"`` keeps positions,
+            right for centred objects; ``"power"`` or ``"mean"`` for stationary fields).
+        noise: ``"diagonal"`` adds learned independent Gaussian noise per output element to
+            the generator's output; ``None`` makes the generator a plain network of ``z``.
+        x_shape, theta_dim, prior, theta_names: see :class:`~sbikit.emulators.Emulator`.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 32,
+        *,
+        hidden_features: int = 128,
+        num_layers: int = 2,
+        channels: Sequence[int] = DEFAULT_CHANNELS,
+        critic_pooling: str = "flatten",
+        noise: str | None = "diagonal",
+        x_shape: Sequence[int] | None = None,
+        theta_dim: int | None = None,
+        prior: Any = None,
+        theta_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__(
+            latent_dim=latent_dim, x_shape=x_shape, theta_dim=theta_dim, prior=prior, theta_names=theta_names
+        )
+        if noise not in NOISE_MODELS:
+            raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
+        if critic_pooling not in POOLINGS:
+            raise ValueError(f"critic_pooling must be one of {POOLINGS}, got {critic_pooling!r}")
+        if int(hidden_features) < 1 or int(num_layers) < 1:
+            raise ValueError("hidden_features and num_layers must be positive integers")
+        self.hidden_features = int(hidden_features)
+        self.num_layers = int(num_layers)
+        self.channels = tuple(int(c) for c in channels)
+        self.critic_pooling = critic_pooling
+        self.noise = noise
+        self._maybe_build()
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "hidden_features": self.hidden_features,
+            "num_layers": self.num_layers,
+            "channels": list(self.channels),
+            "critic_pooling": self.critic_pooling,
+            "noise": self.noise,
+        }
+
+    def _build(self) -> None:
+        assert self.x_shape is not None and self.theta_dim is not None
+        d, k, h = self.theta_dim, self.latent_dim, self.hidden_features
+        if self.is_image:
+            self.generator_net: nn.Module = ConvDecoder(k + d, self.x_shape, channels=self.channels)
+            self.critic_encoder: nn.Module = ConvEncoder(
+                self.x_shape, h, channels=self.channels, pooling=self.critic_pooling
+            )
+            self.critic_body: nn.Module = nn.Sequential(nn.Linear(h + d, h), nn.LeakyReLU(_LEAKY_SLOPE))
+        else:
+            size = math.prod(self.x_shape)
+            self.generator_net = mlp(k + d, size, h, self.num_layers)
+            self.critic_encoder = nn.Flatten(1)
+            layers: list[nn.Module] = []
+            width = size + d
+            for _ in range(self.num_layers):
+                layers += [nn.Linear(width, h), nn.LeakyReLU(_LEAKY_SLOPE)]
+                width = h
+            self.critic_body = nn.Sequential(*layers)
+        self.critic_out = nn.Linear(h, 1)
+        if self.noise == "diagonal":
+            self.log_noise_scale = nn.Parameter(torch.zeros(self.x_shape))
+
+    def _generator_parameters(self) -> list[nn.Parameter]:
+        params = list(self.generator_net.parameters())
+        if self.noise == "diagonal":
+            params.append(self.log_noise_scale)
+        return params
+
+    def _critic_parameters(self) -> list[nn.Parameter]:
+        return [*self.critic_encoder.parameters(), *self.critic_body.parameters(), *self.critic_out.parameters()]
+
+    # -- networks in standardised units ----------------------------------------------------------
+    def _generate_s(self, z: Tensor, theta_s: Tensor, noise: Tensor | None = None) -> Tensor:
+        """``z`` ``(b, k)``, ``theta_s`` ``(b, d)`` and optional unit noise ``(b, *x_shape)`` -> ``(b, *x_shape)``."""
+        assert self.x_shape is not None
+        out = self.generator_net(torch.cat([z, theta_s], dim=1)).reshape(z.shape[0], *self.x_shape)
+        if noise is not None and self.noise == "diagonal":
+            out = out + torch.exp(self.log_noise_scale) * noise
+        return out
+
+    def _critic_hidden(self, x_s: Tensor, theta_s: Tensor) -> Tensor:
+        """Standardised ``x`` ``(b, *x_shape)`` and ``theta_s`` ``(b, d)`` -> last hidden layer ``(b, f)``."""
+        if self.is_image:
+            return self.critic_body(torch.cat([self.critic_encoder(x_s), theta_s], dim=1))
+        return self.critic_body(torch.cat([x_s.flatten(1), theta_s], dim=1))
+
+    def _critic_score(self, x_s: Tensor, theta_s: Tensor) -> Tensor:
+        """Standardised ``x`` and ``theta`` -> critic scores ``(b,)``."""
+        return self.critic_out(self._critic_hidden(x_s, theta_s)).squeeze(-1)
+
+    def _unit_noise(self, b: int, gen: torch.Generator | None, device: torch.device) -> Tensor | None:
+        assert self.x_shape is not None
+        if self.noise != "diagonal":
+            return None
+        return torch.randn(b, *self.x_shape, generator=gen, device=device)
+
+    def _draw(self, theta_s: Tensor, gen: torch.Generator) -> Tensor:
+        b = theta_s.shape[0]
+        z = torch.randn(b, self.latent_dim, generator=gen, device=theta_s.device)
+        return self._generate_s(z, theta_s, self._unit_noise(b, gen, theta_s.device))
+
+    # -- the public, differentiable interface ----------------------------------------------------------
+    def _theta_arg(self, theta: Any, n: int) -> Tensor:
+        """``theta`` ``(n, d)`` or ``(d,)`` (or ``None`` when unconditional) -> standardised on the device."""
+        if theta is not None and self.conditional:
+            th = theta if isinstance(theta, Tensor) else as_float_tensor(theta, "theta")
+            if th.ndim == 1 and th.shape[0] == self.dim:
+                th = th.expand(n, -1)
+            if not bool(torch.isfinite(th).all()):
+                raise ValueError("theta holds NaN or inf; parameters must be finite")
+            theta = th
+        return self._theta_for_network(theta, n)
+
+    def _x_arg(self, x: Any, name: str = "x") -> Tensor:
+        assert self.x_shape is not None
+        xt = x if isinstance(x, Tensor) else as_float_tensor(x, name)
+        if tuple(xt.shape[1:]) != self.x_shape or xt.ndim != len(self.x_shape) + 1:
+            raise ValueError(f"{name} must have shape (n, {', '.join(map(str, self.x_shape))}), got {tuple(xt.shape)}")
+        return xt
+
+    def generate(self, z: Tensor, theta: Tensor | None = None, *, noise: Tensor | None = None) -> Tensor:
+        """The generator in data units, differentiable with respect to ``z`` (and ``noise``).
+
+        Args:
+            z: latents ``(n, latent_dim)``.
+            theta: parameters ``(n, d)`` or one row ``(d,)``; ``None`` for an unconditional WGAN.
+            noise: unit Gaussian noise ``(n, *x_shape)`` scaled by the learned noise scale and
+                added (``noise="diagonal"`` only); ``None`` gives the noise-free part ``m(z, theta)``.
+                ``sample`` draws it; a reconstruction by optimising ``z`` usually leaves it out.
+
+        Returns:
+            ``(n, *x_shape)`` float32 on ``z``'s device.
+        """
+        self._require_fitted("generate(z)")
+        zt = z if isinstance(z, Tensor) else torch.as_tensor(np.asarray(z, dtype=np.float32))
+        if zt.ndim != 2 or zt.shape[1] != self.latent_dim:
+            raise ValueError(f"z must have shape (n, {self.latent_dim}), got {tuple(zt.shape)}")
+        ts = self._theta_arg(theta, zt.shape[0])
+        nz = None
+        if noise is not None:
+            nz = self._x_arg(noise, "noise").to(device=self.device, dtype=torch.float32)
+            if nz.shape[0] != zt.shape[0]:
+                raise ValueError(f"noise has {nz.shape[0]} rows but z has {zt.shape[0]}")
+        out = self.unstandardize_x(self._generate_s(zt.to(device=self.device, dtype=torch.float32), ts, nz))
+        return out.to(zt.device)
+
+    def critic_features(self, x: Tensor, theta: Tensor | None = None) -> Tensor:
+        """The critic's last hidden-layer activations, differentiable with respect to ``x``.
+
+        Args:
+            x: data ``(n, *x_shape)`` in data units.
+            theta: ``(n, d)`` or ``(d,)``; ``None`` for an unconditional WGAN.
+
+        Returns:
+            ``(n, hidden_features)`` float32 on ``x``'s device.
+        """
+        self._require_fitted("critic_features(x)")
+        xt = self._x_arg(x)
+        ts = self._theta_arg(theta, xt.shape[0])
+        xs = self.standardize_x(xt.to(device=self.device, dtype=torch.float32))
+        return self._critic_hidden(xs, ts).to(xt.device)
+
+    def critic(self, x: Tensor, theta: Tensor | None = None) -> Tensor:
+        """The critic's score ``D(x, theta)`` (higher = more like the training data), differentiable.
+
+        Args:
+            x: data ``(n, *x_shape)`` in data units.
+            theta: ``(n, d)`` or ``(d,)``; ``None`` for an unconditional WGAN.
+
+        Returns:
+            ``(n,)`` float32 on ``x``'s device.
+        """
+        self._require_fitted("critic(x)")
+        xt = self._x_arg(x)
+        ts = self._theta_arg(theta, xt.shape[0])
+        xs = self.standardize_x(xt.to(device=self.device, dtype=torch.float32))
+        return self._critic_score(xs, ts).to(xt.device)
+
+    # -- training -------------------------------------------------------------------------------------
+    def fit(
+        self,
+        theta: Any,
+        x: Any,
+        *,
+        seed: int | None = None,
+        batch_size: int = 64,
+        max_epochs: int = 100,
+        critic_steps: int = 5,
+        learning_rate: float = 1e-4,
+        betas: tuple[float, float] = (0.5, 0.9),
+        gp_weight: float = 10.0,
+        validation_fraction: float = 0.1,
+        device: str | torch.device = "auto",
+        num_threads: int | None = None,
+        progress: bool = True,
+        checkpoint: str | Path | None = None,
+        resume: bool = False,
+    ) -> ConditionalWGAN:
+        """Train the critic and the generator in alternation (WGAN-GP).
+
+        One epoch is one pass of the critic over the training rows in batches of
+        ``batch_size`` (full batches only, reshuffled every epoch); after every
+        ``critic_steps`` critic steps the generator takes one step at the parameters of the
+        current batch. There is no early stopping (GAN losses do not measure sample quality):
+        training runs ``max_epochs`` epochs and keeps the last weights.
+
+        Args:
+            theta: parameters ``(n, d)``, or ``None`` for an unconditional WGAN of ``x``.
+            x: simulations ``(n, *x_shape)``; must be finite.
+            seed: makes initial weights, split, batch order and all noise repeatable.
+            batch_size: rows per critic step.
+            max_epochs: epochs to run (raise it and pass ``resume=True`` to train a finished
+                run on).
+            critic_steps: critic steps per generator step.
+            learning_rate: Adam's learning rate (both networks).
+            betas: Adam's ``(beta1, beta2)``.
+            gp_weight: ``lambda`` of the gradient penalty.
+            validation_fraction: share of rows held out for :attr:`WGANHistory.val_wasserstein`.
+            device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+            num_threads: CPU threads torch may use (``None``: 1 for models under a million
+                parameters, as :func:`sbikit.train.fit`).
+            progress: show a tqdm progress bar (epochs).
+            checkpoint: file written atomically after every epoch (weights, optimisers,
+                random generator states, history).
+            resume: continue from ``checkpoint`` when it exists; with the same data and
+                settings the result equals that of an uninterrupted run on the same device.
+
+        Returns:
+            self; ``self.history`` is a :class:`WGANHistory`.
+
+        Raises:
+            ValueError: on bad shapes, NaN/inf, bad settings, or a checkpoint of another run.
+        """
+        if int(critic_steps) < 1 or int(batch_size) < 1 or int(max_epochs) < 1:
+            raise ValueError("critic_steps, batch_size and max_epochs must be positive integers")
+        if not 0.0 < validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+        if not (learning_rate > 0 and gp_weight >= 0):
+            raise ValueError(f"learning_rate must be > 0 and gp_weight >= 0, got {learning_rate} and {gp_weight}")
+        th, xt = self._start_fit(theta, x, seed=seed)
+        n = len(xt)
+        n_val = max(1, int(round(n * validation_fraction)))
+        n_train = n - n_val
+        if n_train < 1:
+            raise ValueError(f"no training rows are left: n={n} with validation_fraction={validation_fraction}")
+        ckpt_path = Path(checkpoint) if checkpoint is not None else None
+        saved = _load_checkpoint(ckpt_path, resume)
+        if saved is not None and saved.get("kind") != _CHECKPOINT_KIND:
+            raise ValueError(f"{ckpt_path} is a training checkpoint of another model, not of a ConditionalWGAN")
+        if saved is not None and seed is None:
+            seed = int(saved["seed"])
+        elif seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0] >> 1)
+        dev = resolve_device(device)
+        self.to(dev)
+        if num_threads is None and dev.type == "cpu":
+            num_threads = 1 if sum(p.numel() for p in self.parameters()) < 1_000_000 else None
+        with _torch_threads(num_threads):
+            self._train_loop(
+                th,
+                xt,
+                n_val=n_val,
+                seed=seed,
+                saved=saved,
+                ckpt_path=ckpt_path,
+                device=dev,
+                batch_size=min(int(batch_size), n_train),
+                max_epochs=int(max_epochs),
+                critic_steps=int(critic_steps),
+                learning_rate=float(learning_rate),
+                betas=(float(betas[0]), float(betas[1])),
+                gp_weight=float(gp_weight),
+                progress=progress,
+            )
+        return self
+
+    def _train_loop(
+        self,
+        th: Tensor,
+        xt: Tensor,
+        *,
+        n_val: int,
+        seed: int,
+        saved: dict[str, Any] | None,
+        ckpt_path: Path | None,
+        device: torch.device,
+        batch_size: int,
+        max_epochs: int,
+        critic_steps: int,
+        learning_rate: float,
+        betas: tuple[float, float],
+        gp_weight: float,
+        progress: bool,
+    ) -> None:
+        with torch.no_grad():
+            ts_all = self.standardize_theta(th.to(device))
+            xs_all = self.standardize_x(xt.to(device))
+        order_gen = make_generator(seed)  # split and batch order (CPU)
+        noise_gen = make_generator(seed + 1, device)  # latents, output noise, interpolation weights
+        perm = torch.randperm(len(xt), generator=order_gen).to(device)
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        ts_tr, xs_tr, ts_val, xs_val = ts_all[train_idx], xs_all[train_idx], ts_all[val_idx], xs_all[val_idx]
+        del ts_all, xs_all
+        n_train, bs = len(train_idx), batch_size
+        batches = max(1, n_train // bs)
+        u_dims = (1,) * (xs_tr.ndim - 1)  # interpolation weights (m, 1, ..., 1): one per row
+
+        gen_params, critic_params = self._generator_parameters(), self._critic_parameters()
+        opt_g = torch.optim.Adam(gen_params, lr=learning_rate, betas=betas)
+        opt_c = torch.optim.Adam(critic_params, lr=learning_rate, betas=betas)
+        fingerprint = {
+            "kind": _CHECKPOINT_KIND,
+            "num_rows": len(xt),
+            "num_validation": n_val,
+            "batch_size": bs,
+            "seed": seed,
+            "learning_rate": learning_rate,
+            "betas": list(betas),
+            "gp_weight": gp_weight,
+            "critic_steps": critic_steps,
+            "data": [list(th.shape), list(xt.shape), _checksum(th), _checksum(xt)],
+            "parameters": [f"{k}:{tuple(v.shape)}" for k, v in self.state_dict().items()],
+        }
+        history = WGANHistory()
+        start_epoch, step, previous_time = 0, 0, 0.0
+        if saved is not None:
+            _check_fingerprint(saved["fingerprint"], fingerprint, ckpt_path)
+            self.load_state_dict(saved["model"])
+            opt_g.load_state_dict(saved["generator_optimizer"])
+            opt_c.load_state_dict(saved["critic_optimizer"])
+            order_gen.set_state(saved["order_generator"])
+            noise_gen.set_state(saved["noise_generator"])
+            start_epoch, step = int(saved["epoch"]), int(saved["critic_step"])
+            history = WGANHistory(**saved["history"])
+            previous_time = history.train_time
+            logger.info("ConditionalWGAN: resuming from %s after epoch %d", ckpt_path, start_epoch)
+        began = time.perf_counter()
+        bar = tqdm(
+            total=max_epochs,
+            initial=min(start_epoch, max_epochs),
+            desc="ConditionalWGAN",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        self.train()
+        for epoch in range(start_epoch, max_epochs):
+            order = torch.randperm(n_train, generator=order_gen).to(device)
+            sums = torch.zeros(4, device=device)  # critic loss, wasserstein, penalty, generator loss
+            num_g = 0
+            for b in range(batches):
+                idx = order[b * bs : (b + 1) * bs]
+                real, tb = xs_tr[idx], ts_tr[idx]
+                m = real.shape[0]
+                with torch.no_grad():
+                    z = torch.randn(m, self.latent_dim, generator=noise_gen, device=device)
+                    fake = self._generate_s(z, tb, self._unit_noise(m, noise_gen, device))
+                u = torch.rand(m, *u_dims, generator=noise_gen, device=device)
+                loss_c, w, gp = critic_loss(self, tb, real, fake, u, gp_weight=gp_weight)
+                opt_c.zero_grad(set_to_none=True)
+                loss_c.backward()
+                opt_c.step()
+                sums[:3] += torch.stack([loss_c.detach(), w.detach(), gp.detach()])
+                step += 1
+                if step % critic_steps == 0:
+                    for p in critic_params:
+                        p.requires_grad_(False)
+                    z = torch.randn(m, self.latent_dim, generator=noise_gen, device=device)
+                    fake = self._generate_s(z, tb, self._unit_noise(m, noise_gen, device))
+                    loss_g = -self._critic_score(fake, tb).mean()
+                    opt_g.zero_grad(set_to_none=True)
+                    loss_g.backward()
+                    opt_g.step()
+                    for p in critic_params:
+                        p.requires_grad_(True)
+                    sums[3] += loss_g.detach()
+                    num_g += 1
+            means = (sums[:3] / batches).tolist()
+            history.critic_loss.append(means[0])
+            history.wasserstein.append(means[1])
+            history.gradient_penalty.append(means[2])
+            history.generator_loss.append(float(sums[3]) / num_g if num_g else math.nan)
+            history.val_wasserstein.append(self._validation_wasserstein(ts_val, xs_val, seed))
+            history.epochs = epoch + 1
+            history.generator_steps += num_g
+            history.train_time = previous_time + time.perf_counter() - began
+            bar.update(1)
+            bar.set_postfix(W=f"{means[1]:.3f}", val_W=f"{history.val_wasserstein[-1]:.3f}", refresh=False)
+            if not all(math.isfinite(v) for v in means):
+                bar.close()
+                raise RuntimeError(f"ConditionalWGAN: training diverged at epoch {epoch} (losses {means})")
+            if ckpt_path is not None:
+                _save_checkpoint(
+                    ckpt_path,
+                    {
+                        "format": _CHECKPOINT_FORMAT,
+                        "kind": _CHECKPOINT_KIND,
+                        "fingerprint": fingerprint,
+                        "seed": seed,
+                        "epoch": epoch + 1,
+                        "critic_step": step,
+                        "model": self.state_dict(),
+                        "generator_optimizer": opt_g.state_dict(),
+                        "critic_optimizer": opt_c.state_dict(),
+                        "order_generator": order_gen.get_state(),
+                        "noise_generator": noise_gen.get_state(),
+                        "history": history.to_dict(),
+                    },
+                )
+        bar.close()
+        history.train_time = previous_time + time.perf_counter() - began
+        logger.info(
+            "ConditionalWGAN: %d epochs (%d generator steps) in %.1f s, validation W %.4f",
+            history.epochs,
+            history.generator_steps,
+            history.train_time,
+            history.val_wasserstein[-1] if history.val_wasserstein else math.nan,
+        )
+        self.history = history
+        self.fitted.fill_(True)
+        self.eval()
+
+    @torch.no_grad()
+    def _validation_wasserstein(self, ts_val: Tensor, xs_val: Tensor, seed: int) -> float:
+        """``E[D(real)] - E[D(fake)]`` on the held-out rows, with the same latents and noise every epoch."""
+        gen = make_generator(seed + 2, xs_val.device)
+        total = 0.0
+        for i in range(0, len(xs_val), _EVAL_CHUNK):
+            tb, real = ts_val[i : i + _EVAL_CHUNK], xs_val[i : i + _EVAL_CHUNK]
+            z = torch.randn(len(real), self.latent_dim, generator=gen, device=real.device)
+            fake = self._generate_s(z, tb, self._unit_noise(len(real), gen, real.device))
+            total += float((self._critic_score(real, tb) - self._critic_score(fake, tb)).sum())
+        return total / len(xs_val)
+
+    @classmethod
+    def _history_from_dict(cls, data: dict[str, Any]) -> WGANHistory:
+        return WGANHistory(**{k: v for k, v in data.items() if k in WGANHistory.__dataclass_fields__})
