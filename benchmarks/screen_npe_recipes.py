@@ -6,7 +6,8 @@ Usage::
 
 JSON keys (all optional): ``n`` (simulations, 10^4), ``kind`` (nsf), ``hidden`` (128),
 ``layers`` (5), ``blocks`` (2), ``bins`` (8), ``bs`` (512), ``lr`` (3e-3), ``wd`` (AdamW
-weight decay, 0; "fit" loop only), and
+weight decay, 0), ``ctx_wd`` (weight decay of the context-input weights only, 0; "cosine"
+loop only), and
 
 * ``"loop": "fit"`` (default): train with :func:`sbikit.train.fit` (``patience`` 20) and its
   plateau schedule, as NPE did before this round, or with ``"schedule": "cosine"`` over
@@ -59,7 +60,14 @@ def cosine_loop(flow, u, x, cfg: dict) -> dict:
     perm = torch.randperm(n, generator=gen)
     val, train = perm[: n // 10], perm[n // 10 :]
     bs, lr, epochs = cfg.get("bs", 512), cfg.get("lr", 3e-3), cfg.get("epochs", 60)
-    opt = torch.optim.AdamW(flow.parameters(), lr=lr, fused=True)
+    # ``ctx_wd``: AdamW weight decay on the conditioners' context-input weights only.
+    ctx = [p for name, p in flow.named_parameters() if "context_layer" in name]
+    rest = [p for name, p in flow.named_parameters() if "context_layer" not in name]
+    opt = torch.optim.AdamW(
+        [{"params": ctx, "weight_decay": cfg.get("ctx_wd", 0.0)}, {"params": rest, "weight_decay": cfg.get("wd", 0.0)}],
+        lr=lr,
+        fused=True,
+    )
     steps = math.ceil(len(train) / bs)
     best, best_state, best_epoch = math.inf, None, -1
     for epoch in range(epochs):

@@ -148,3 +148,44 @@ def test_nle_posterior_checks_observations(tmp_path) -> None:
     assert torch.equal(
         sbikit.load(tmp_path / "nle.pt").check_observation(far).p_value, post.check_observation(far).p_value
     )
+
+
+def test_residual_statistic_measures_the_noise_off_the_subspace() -> None:
+    from sbikit.density import ResidualStatistic
+
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(50, 3, generator=g)).Q  # a 3-d subspace of R^50
+    signal = (torch.randn(2000, 3, generator=g) * 10) @ basis.T
+    sigma = 0.1
+    x = signal + sigma * torch.randn(2000, 50, generator=g)
+    res = ResidualStatistic.fit(x, num_components=3)
+    fresh = (torch.randn(500, 3, generator=g) * 10) @ basis.T + sigma * torch.randn(500, 50, generator=g)
+    # Off the fitted subspace, 47 of 50 noise directions remain: E r^2 = sigma^2 47 / 50, and
+    # the log RMS of 47 squares has sd ~ 1 / sqrt(2 * 47) = 0.10 per row; the mean of 500 rows
+    # is within 4 * 0.10 / sqrt(500) = 0.02 (plus the small bias of log of a mean).
+    assert abs(float(res(fresh).mean()) - math.log(sigma * math.sqrt(47 / 50))) < 0.03
+    assert float(res(2 * fresh).mean()) == pytest.approx(float(res(fresh).mean()) + math.log(2), abs=0.03)
+
+
+def test_image_posterior_check_sees_the_noise_level(tmp_path) -> None:
+    from sbikit.compressors import PCA
+    from simulators.sersic import Sersic
+
+    sim = Sersic(size=16, oversample=2)
+    theta = sim.prior.sample(1500, seed=0)
+    x = sim.simulate(theta, seed=1)
+    pca = PCA(3).fit(x)
+    post = sbikit.NPE(sim.prior, embedding=pca, device="cpu").fit(theta, x, seed=0, max_epochs=1, progress=False)
+    assert post.typicality is not None and post.typicality.residual is not None
+    assert post.typicality.dim == 3 + 1  # the frozen PCA's summaries and the residual statistic
+    theta_test = sim.prior.sample(200, seed=2)
+    nominal = post.check_observation(sim.simulate(theta_test, seed=3))
+    noisy = post.check_observation(Sersic(size=16, oversample=2, noise_sigma=2.0).simulate(theta_test, seed=4))
+    # Size: rejection at 5% within 4 binomial sd of 200 queries plus 4 sd of the 500 references' quantile.
+    assert float((~nominal.typical).float().mean()) < 0.05 + 4 * math.sqrt(0.05 * 0.95 / 200) + 4 * 0.0097
+    # Power: doubling the noise raises the residual's log RMS by ~log 2 = 0.69, many times its
+    # spread over galaxies, so nearly every noisy stamp is flagged (ask for 90%).
+    assert float((~noisy.typical).float().mean()) > 0.9
+    post.save(tmp_path / "img.pt")
+    loaded = sbikit.load(tmp_path / "img.pt")
+    assert torch.equal(loaded.check_observation(x[:20]).p_value, post.check_observation(x[:20]).p_value)

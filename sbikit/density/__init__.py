@@ -5,11 +5,19 @@ from sbikit.density.gmm import GMM
 from sbikit.density.misspecification import (
     ObservationCheck,
     OutOfDistributionWarning,
+    ResidualStatistic,
     TypicalityCheck,
     check_observation,
 )
 
-__all__ = ["GMM", "TypicalityCheck", "ObservationCheck", "OutOfDistributionWarning", "check_observation"]
+__all__ = [
+    "GMM",
+    "TypicalityCheck",
+    "ResidualStatistic",
+    "ObservationCheck",
+    "OutOfDistributionWarning",
+    "check_observation",
+]
 
 from sbikit.density.anomaly import (  # noqa: E402
     AnomalyDetector,

@@ -34,6 +34,7 @@ from sbikit.utils import as_float_tensor
 
 __all__ = [
     "TypicalityCheck",
+    "ResidualStatistic",
     "ObservationCheck",
     "OutOfDistributionWarning",
     "check_observation",
@@ -101,6 +102,48 @@ class ObservationCheck:
         return "\n".join(lines)
 
 
+class ResidualStatistic:
+    """``log`` RMS of what the leading principal components of the data do not explain.
+
+    Summaries learned to predict parameters discard what does not inform them, such as the
+    noise level; appended to them, this statistic keeps the check sensitive to it. Fitted
+    on flattened training data ``(n, p)``: the mean ``(p,)`` and the leading
+    ``num_components`` principal directions ``(p, k)`` (randomised SVD).
+
+    Args:
+        mean: ``(p,)``.
+        components: ``(p, k)`` orthonormal columns.
+    """
+
+    def __init__(self, mean: Tensor, components: Tensor) -> None:
+        if mean.ndim != 1 or components.ndim != 2 or components.shape[0] != mean.shape[0]:
+            raise ValueError(
+                f"mean (p,) and components (p, k) expected, got {tuple(mean.shape)}, {tuple(components.shape)}"
+            )
+        self.mean = mean.float()
+        self.components = components.float()
+
+    @classmethod
+    def fit(cls, x: Tensor, *, num_components: int = 8, seed: int | None = 0) -> ResidualStatistic:
+        """Principal directions of ``x`` ``(n, *shape)`` (flattened), ``n > num_components``."""
+        flat = x.reshape(len(x), -1).float()
+        k = min(int(num_components), flat.shape[1] - 1, len(flat) - 1)
+        mean = flat.mean(0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0 if seed is None else int(seed))
+            _, _, v = torch.pca_lowrank(flat - mean, q=k + 4, center=False, niter=4)
+        return cls(mean, v[:, :k])
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """``(n, 1)``: log RMS residual of ``x`` ``(n, *shape)`` after projecting out the components."""
+        r = x.reshape(len(x), -1).float().to(self.mean.device) - self.mean
+        r = r - (r @ self.components) @ self.components.T
+        return torch.log(r.pow(2).mean(1).sqrt().clamp_min(1e-30))[:, None]
+
+    def state(self) -> dict[str, Tensor]:
+        return {"mean": self.mean.clone(), "components": self.components.clone()}
+
+
 class TypicalityCheck:
     """k-nearest-neighbour density of summaries, with p-values from held-out simulations.
 
@@ -113,9 +156,21 @@ class TypicalityCheck:
         shift: ``(m,)`` per-dimension mean used to standardise summaries.
         scale: ``(m,)`` per-dimension standard deviation used to standardise summaries.
         neighbours: ``k``.
+        residual: a :class:`ResidualStatistic` of the raw data that the summaries' last
+            column holds (posteriors with an embedding append it); ``None`` where there is
+            none. Carried here so that it is saved with the check.
     """
 
-    def __init__(self, bank: Tensor, reference: Tensor, shift: Tensor, scale: Tensor, *, neighbours: int) -> None:
+    def __init__(
+        self,
+        bank: Tensor,
+        reference: Tensor,
+        shift: Tensor,
+        scale: Tensor,
+        *,
+        neighbours: int,
+        residual: ResidualStatistic | None = None,
+    ) -> None:
         if bank.ndim != 2 or reference.ndim != 1:
             raise ValueError(
                 f"bank must be (N, m) and reference (N_ref,), got {tuple(bank.shape)}, {tuple(reference.shape)}"
@@ -127,6 +182,7 @@ class TypicalityCheck:
         self.shift = shift.float()
         self.scale = scale.float()
         self.neighbours = int(neighbours)
+        self.residual = residual
 
     @property
     def dim(self) -> int:
@@ -143,6 +199,7 @@ class TypicalityCheck:
         bank_rows: int = _BANK_ROWS,
         reference_rows: int = _REFERENCE_ROWS,
         seed: int | None = 0,
+        residual: ResidualStatistic | None = None,
     ) -> TypicalityCheck:
         """Split summaries of simulations into a bank and a held-out reference set.
 
@@ -153,6 +210,8 @@ class TypicalityCheck:
             reference_rows: most held-out rows scored for the p-values (their resolution is
                 ``1 / (reference_rows + 1)``).
             seed: seed of the random split.
+            residual: kept with the check (see the class docstring); the caller appends its
+                values to ``summaries``.
 
         Raises:
             ValueError: for summaries that are not ``(n, m)``, not finite, or too few
@@ -176,7 +235,7 @@ class TypicalityCheck:
         bank, held = s[perm[:num_bank]], s[perm[num_bank : num_bank + num_ref]]
         shift = bank.mean(0)
         scale = bank.std(0).clamp_min(1e-12)
-        check = cls(bank, torch.zeros(1), shift, scale, neighbours=neighbours)
+        check = cls(bank, torch.zeros(1), shift, scale, neighbours=neighbours, residual=residual)
         check.reference = torch.sort(check.log_density(held)).values
         return check
 
@@ -223,18 +282,27 @@ class TypicalityCheck:
     # -- persistence ----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Tensors and ints only (loadable with ``weights_only=True``)."""
-        return {
+        out: dict[str, Any] = {
             "bank": self.bank.clone(),
             "reference": self.reference.clone(),
             "shift": self.shift.clone(),
             "scale": self.scale.clone(),
             "neighbours": self.neighbours,
         }
+        if self.residual is not None:
+            out["residual"] = self.residual.state()
+        return out
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> TypicalityCheck:
+        res = state.get("residual")
         return cls(
-            state["bank"], state["reference"], state["shift"], state["scale"], neighbours=int(state["neighbours"])
+            state["bank"],
+            state["reference"],
+            state["shift"],
+            state["scale"],
+            neighbours=int(state["neighbours"]),
+            residual=None if res is None else ResidualStatistic(res["mean"], res["components"]),
         )
 
     def __repr__(self) -> str:

@@ -343,7 +343,16 @@ class NPE(FlowEstimator):
         info = {"method": "NPE", "num_simulations": num_rows, "recipe": asdict(used), **result.to_dict()}
         if not math.isfinite(result.best_val_loss):
             raise RuntimeError("training diverged: the validation loss is not finite")
-        typicality = fit_typicality(flow, data, column=1, summarize=flow.embed, seed=seed)
+        # A learned embedding may drop what the check should see (the noise level): append the
+        # residual of a PCA of the raw x (docs/misspecification.md).
+        typicality = fit_typicality(
+            flow,
+            data,
+            column=1,
+            summarize=flow.embed,
+            seed=seed,
+            append_residual=not isinstance(flow.embedding, nn.Flatten),
+        )
         return FlowPosterior(flow, self.prior, x_shape, info=info, theta_names=self.theta_names, typicality=typicality)
 
     def _unconstrained_pairs(self, theta: Tensor, x: Tensor) -> list[Tensor]:

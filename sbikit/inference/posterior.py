@@ -222,7 +222,8 @@ class FlowPosterior(TrainedFlowModel):
         xt, batched = self._x(x)
         gen = make_generator(seed, self.device)
         embedded = self.flow.embed(xt)
-        self._warn_if_atypical(embedded, stacklevel=3)  # this <- sample <- torch.no_grad's wrapper <- caller
+        if self.typicality is not None:  # this <- sample <- torch.no_grad's wrapper <- caller
+            self._warn_if_atypical(self._check_summaries(xt, embedded), stacklevel=3)
         out = torch.empty(len(xt), n, self.dim)
         per = max(1, chunk_size // max(n, 1))
         for i in range(0, len(xt), per):
@@ -235,7 +236,14 @@ class FlowPosterior(TrainedFlowModel):
 
     def _summaries(self, x: Any) -> Tensor:
         xt, _ = self._x(x)
-        return self.flow.embed(xt)
+        return self._check_summaries(xt, self.flow.embed(xt))
+
+    def _check_summaries(self, xt: Tensor, embedded: Tensor) -> Tensor:
+        """What the typicality check rates: the embedded ``x``, and the raw data's residual statistic if any."""
+        residual = None if self.typicality is None else self.typicality.residual
+        if residual is None:
+            return embedded
+        return torch.cat([embedded, residual(xt).to(embedded.device)], dim=1)
 
     # -- density ------------------------------------------------------------------------
     def log_prob(self, theta: Any, x: Any) -> Tensor:

@@ -14,7 +14,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from sbikit.density.misspecification import _BANK_ROWS, _REFERENCE_ROWS, TypicalityCheck, min_simulations
+from sbikit.density.misspecification import (
+    _BANK_ROWS,
+    _REFERENCE_ROWS,
+    ResidualStatistic,
+    TypicalityCheck,
+    min_simulations,
+)
 from sbikit.flows import ConditionalFlow
 from sbikit.train import StreamingData
 
@@ -65,6 +71,7 @@ def fit_typicality(
     column: int,
     summarize: Callable[[Tensor], Tensor],
     seed: int | None,
+    append_residual: bool = False,
 ) -> TypicalityCheck | None:
     """A :class:`TypicalityCheck` on summaries of the training simulations, or ``None`` when too few.
 
@@ -74,9 +81,16 @@ def fit_typicality(
         column: which tensor of ``data`` holds the simulations ``x``.
         summarize: raw rows of that tensor ``(b, ...)`` -> summaries ``(b, k)``.
         seed: seed of the row subset and of the bank/reference split.
+        append_residual: also fit a :class:`ResidualStatistic` on the raw rows and append
+            its value to the summaries (for learned embeddings, which drop e.g. the noise level).
     """
     x = _raw_rows(data, column, _ROWS, seed)
     if len(x) < min_simulations():
         logger.info("%d simulations are too few for a typicality check; check_observation is unavailable", len(x))
         return None
-    return TypicalityCheck.fit(_summarize(flow, summarize, x), seed=seed)
+    summaries = _summarize(flow, summarize, x)
+    residual = None
+    if append_residual:
+        residual = ResidualStatistic.fit(x, seed=seed)
+        summaries = torch.cat([summaries, residual(x)], dim=1)
+    return TypicalityCheck.fit(summaries, seed=seed, residual=residual)
