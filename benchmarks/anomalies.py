@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wgan-hidden", type=int, default=128)
     parser.add_argument("--wgan-steps", type=int, default=100, help="Adam steps on z per input")
     parser.add_argument("--encoder-epochs", type=int, default=50)
-    parser.add_argument("--lam", type=float, default=0.9)
+    parser.add_argument("--lam", type=float, default=0.5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="smoke run: 16 x 16 images and tiny budgets")
     parser.add_argument("--out", default=str(ROOT / "results" / "anomalies.jsonl"))

@@ -350,7 +350,8 @@ def test_wgan_score_combines_and_detects(linear_score) -> None:
     normal = wgan.sample(400, seed=3) + 0.3 * torch.randn(400, 12)
     g, c = score.components(normal)
     g0, c0 = score.component_scales
-    torch.testing.assert_close(score.score(normal), 0.9 * g / g0 + 0.1 * c / c0)
+    lam = score.lam
+    torch.testing.assert_close(score.score(normal), lam * g / g0 + (1 - lam) * c / c0)
     assert abs(float((g / g0).median()) - 1) < 0.2  # G_0 is the median of G on normal data
     # Scores do not depend on the batch an input is scored with.
     torch.testing.assert_close(score.score(normal[:5]), score.score(normal)[:5], rtol=1e-5, atol=1e-6)
