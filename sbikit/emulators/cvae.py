@@ -28,6 +28,8 @@ __all__ = ["ConditionalVAE", "cvae_loss", "cvae_terms", "DECODERS"]
 _LOG_2PI = math.log(2 * math.pi)
 #: Decoders for images: convolutional (``ConvDecoder``) or an MLP to all pixels.
 DECODERS: tuple[str, ...] = ("conv", "mlp")
+# log noise scale = _NOISE_GAIN * parameter: a learning rate 10x that of the weights for it.
+_NOISE_GAIN = 10.0
 
 
 def cvae_terms(model: ConditionalVAE, theta_s: Tensor, x_s: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
@@ -148,7 +150,17 @@ class ConditionalVAE(Emulator):
             self.encoder = mlp(size + d, 2 * k, h, self.num_layers)
             self.encoder_head = nn.Identity()
             self.decoder = mlp(k + d, size, h, self.num_layers)
-        self.log_noise_scale = nn.Parameter(torch.zeros(self.x_shape))
+        self.noise_scale_raw = nn.Parameter(torch.zeros(self.x_shape))
+
+    @property
+    def log_noise_scale(self) -> Tensor:
+        """Log of the learned noise scale per output element, ``x_shape`` (standardised units).
+
+        It is ``10 * noise_scale_raw`` (the parameter): the factor makes the optimiser move it
+        10x faster than the network weights (Adam's steps are about ``learning_rate`` per
+        parameter), so that it reaches the noise level in hundreds of steps, not thousands.
+        """
+        return _NOISE_GAIN * self.noise_scale_raw
 
     # -- networks ---------------------------------------------------------------------------------
     def _posterior(self, x_s: Tensor, theta_s: Tensor) -> tuple[Tensor, Tensor]:

@@ -293,6 +293,7 @@ def fidelity(
     num_samples: int = 1000,
     summary: Any = None,
     seed: int = 0,
+    classifier: Any = None,
 ) -> FidelityReport:
     """Compare an emulator with its simulator at each parameter value of ``theta_test``.
 
@@ -307,6 +308,9 @@ def fidelity(
             vectors and :func:`image_summary` for images (with a warning).
         seed: seeds the draws (spawned per ``theta``, distinct for emulator and simulator)
             and the classifiers.
+        classifier: a scikit-learn classifier for C2ST instead of the standard MLP of
+            :func:`sbikit.diagnostics.c2st.default_classifier` (e.g. an
+            ``MLPClassifier(early_stopping=True)``, much faster on small samples).
 
     Returns:
         A :class:`FidelityReport` (``print`` it for a table).
@@ -347,7 +351,7 @@ def fidelity(
                     stacklevel=2,
                 )
         fe, fs = _features(xe, summary, is_image), _features(xs, summary, is_image)
-        c2sts.append(c2st(fe, fs, seed=int(seed)))
+        c2sts.append(c2st(fe, fs, seed=int(seed), classifier=classifier))
         mu, sd = fs.mean(0), fs.std(0)
         sd = np.where(sd > 0, sd, 1.0)
         mmds.append(mmd((fe - mu) / sd, (fs - mu) / sd))

@@ -58,6 +58,9 @@ _CHECKPOINT_FORMAT = 1  # the format number sbikit.train's checkpoint reader acc
 # Rows per forward pass when the validation Wasserstein estimate is computed.
 _EVAL_CHUNK = 2048
 _LEAKY_SLOPE = 0.2
+# log noise scale = _NOISE_GAIN * parameter (a larger learning rate for it); initial log scale.
+_NOISE_GAIN = 1.0
+_NOISE_INIT = 0.0
 
 
 @dataclass
@@ -137,6 +140,14 @@ def critic_loss(
     wasserstein = model._critic_score(real_s, theta_s).mean() - model._critic_score(fake_s, theta_s).mean()
     penalty = gradient_penalty(lambda xh: model._critic_score(xh, theta_s), real_s, fake_s, u)
     return -wasserstein + gp_weight * penalty, wasserstein, penalty
+
+
+def _adam(params: list[nn.Parameter], lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    """Adam, fused into one kernel per step where torch supports it (small steps are overhead-bound)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, betas=betas)
 
 
 class ConditionalWGAN(Emulator):
@@ -222,12 +233,21 @@ class ConditionalWGAN(Emulator):
             self.critic_body = nn.Sequential(*layers)
         self.critic_out = nn.Linear(h, 1)
         if self.noise == "diagonal":
-            self.log_noise_scale = nn.Parameter(torch.zeros(self.x_shape))
+            self.noise_scale_raw = nn.Parameter(torch.full(self.x_shape, _NOISE_INIT / _NOISE_GAIN))
+
+    @property
+    def log_noise_scale(self) -> Tensor:
+        """Log of the learned output noise scale per element, ``x_shape`` (standardised units).
+
+        It is ``gain * noise_scale_raw`` (the parameter), so that the optimiser moves it
+        faster than the network weights.
+        """
+        return _NOISE_GAIN * self.noise_scale_raw
 
     def _generator_parameters(self) -> list[nn.Parameter]:
         params = list(self.generator_net.parameters())
         if self.noise == "diagonal":
-            params.append(self.log_noise_scale)
+            params.append(self.noise_scale_raw)
         return params
 
     def _critic_parameters(self) -> list[nn.Parameter]:
@@ -353,6 +373,7 @@ class ConditionalWGAN(Emulator):
         learning_rate: float = 1e-4,
         betas: tuple[float, float] = (0.5, 0.9),
         gp_weight: float = 10.0,
+        ema_decay: float | None = 0.999,
         validation_fraction: float = 0.1,
         device: str | torch.device = "auto",
         num_threads: int | None = None,
@@ -434,6 +455,7 @@ class ConditionalWGAN(Emulator):
                 learning_rate=float(learning_rate),
                 betas=(float(betas[0]), float(betas[1])),
                 gp_weight=float(gp_weight),
+                ema_decay=None if ema_decay is None else float(ema_decay),
                 progress=progress,
             )
         return self
@@ -454,6 +476,7 @@ class ConditionalWGAN(Emulator):
         learning_rate: float,
         betas: tuple[float, float],
         gp_weight: float,
+        ema_decay: float | None,
         progress: bool,
     ) -> None:
         with torch.no_grad():
@@ -470,8 +493,8 @@ class ConditionalWGAN(Emulator):
         u_dims = (1,) * (xs_tr.ndim - 1)  # interpolation weights (m, 1, ..., 1): one per row
 
         gen_params, critic_params = self._generator_parameters(), self._critic_parameters()
-        opt_g = torch.optim.Adam(gen_params, lr=learning_rate, betas=betas)
-        opt_c = torch.optim.Adam(critic_params, lr=learning_rate, betas=betas)
+        opt_g = _adam(gen_params, learning_rate, betas)
+        opt_c = _adam(critic_params, learning_rate, betas)
         fingerprint = {
             "kind": _CHECKPOINT_KIND,
             "num_rows": len(xt),
@@ -481,11 +504,14 @@ class ConditionalWGAN(Emulator):
             "learning_rate": learning_rate,
             "betas": list(betas),
             "gp_weight": gp_weight,
+            "ema_decay": ema_decay,
             "critic_steps": critic_steps,
             "data": [list(th.shape), list(xt.shape), _checksum(th), _checksum(xt)],
             "parameters": [f"{k}:{tuple(v.shape)}" for k, v in self.state_dict().items()],
         }
         history = WGANHistory()
+        # Exponential moving average of the generator's weights (the weights kept after fit).
+        ema = [p.detach().clone() for p in gen_params] if ema_decay is not None else []
         start_epoch, step, previous_time = 0, 0, 0.0
         if saved is not None:
             _check_fingerprint(saved["fingerprint"], fingerprint, ckpt_path)
@@ -494,6 +520,7 @@ class ConditionalWGAN(Emulator):
             opt_c.load_state_dict(saved["critic_optimizer"])
             order_gen.set_state(saved["order_generator"])
             noise_gen.set_state(saved["noise_generator"])
+            ema = [t.to(device) for t in saved["ema"]]
             start_epoch, step = int(saved["epoch"]), int(saved["critic_step"])
             history = WGANHistory(**saved["history"])
             previous_time = history.train_time
@@ -538,6 +565,13 @@ class ConditionalWGAN(Emulator):
                     for p in critic_params:
                         p.requires_grad_(True)
                     sums[3] += loss_g.detach()
+                    if ema_decay is not None:
+                        done = history.generator_steps + num_g
+                        # the average forgets the initial weights quickly at first: (1 + t) / (10 + t)
+                        decay = min(ema_decay, (1.0 + done) / (10.0 + done))
+                        with torch.no_grad():
+                            for e, p in zip(ema, gen_params, strict=True):
+                                e.lerp_(p.detach(), 1.0 - decay)
                     num_g += 1
             means = (sums[:3] / batches).tolist()
             history.critic_loss.append(means[0])
@@ -569,6 +603,7 @@ class ConditionalWGAN(Emulator):
                         "order_generator": order_gen.get_state(),
                         "noise_generator": noise_gen.get_state(),
                         "history": history.to_dict(),
+                        "ema": ema,
                     },
                 )
         bar.close()
@@ -580,6 +615,10 @@ class ConditionalWGAN(Emulator):
             history.train_time,
             history.val_wasserstein[-1] if history.val_wasserstein else math.nan,
         )
+        if ema_decay is not None:
+            with torch.no_grad():
+                for e, p in zip(ema, gen_params, strict=True):
+                    p.copy_(e)
         self.history = history
         self.fitted.fill_(True)
         self.eval()
