@@ -452,12 +452,12 @@ def test_inject_errors() -> None:
 
 
 def test_wgan_score_end_to_end_with_a_real_wgan(tmp_path) -> None:
-    emulators = pytest.importorskip("sbikit.emulators")
+    from sbikit.emulators import ConditionalWGAN
     from simulators.sersic import Sersic
 
     sim = Sersic(16)
     x = np.asarray(sim.simulate(sim.prior.sample(600, seed=0).double().numpy(), seed=1))
-    wgan = emulators.ConditionalWGAN(8, hidden_features=32, channels=(8, 16))
+    wgan = ConditionalWGAN(8, hidden_features=32, channels=(8, 16))
     wgan.fit(None, x, seed=0, max_epochs=3, progress=False, device="cpu")
     score = WGANAnomalyScore(wgan, num_steps=20, channels=(8, 16), hidden_features=32)
     score.fit(x, seed=0, max_epochs=3, progress=False, device="cpu")
@@ -478,3 +478,22 @@ def test_wgan_score_end_to_end_with_a_real_wgan(tmp_path) -> None:
     assert abs(auroc(s_normal, score.score(other)) - 0.5) < N_SE * se0
     back = WGANAnomalyScore.load(score.save(tmp_path / "s.pt"), wgan)
     torch.testing.assert_close(back.score(normal[:4]), s_normal[:4])
+
+
+@pytest.mark.gpu
+def test_scores_on_cuda(tmp_path) -> None:
+    z = GAUSS.sample((500,))
+    d = FlowDensity(**SMALL_FLOW).fit(z, **{**QUICK_FIT, "max_epochs": 2, "device": "cuda"})
+    assert d.device.type == "cuda"
+    lp = d.log_prob(z)
+    assert lp.device.type == "cpu" and lp.shape == (500,)
+    assert torch.equal(d.sample(5, seed=1), d.sample(5, seed=1))
+    torch.testing.assert_close(load_density(d.save(tmp_path / "d.pt"), device="cpu").log_prob(z), lp, atol=1e-4, rtol=0)
+    wgan = LinearWGAN()
+    x = wgan.sample(300, seed=1) + 0.3 * torch.randn(300, 12)
+    score = WGANAnomalyScore(wgan, num_steps=300, hidden_features=16).fit(
+        x, seed=0, max_epochs=2, progress=False, device="cuda"
+    )
+    g, _ = score.components(x[:50])
+    assert g.device.type == "cpu"
+    torch.testing.assert_close(g.double(), wgan.cpu().projection_residual(x[:50]), rtol=1e-2, atol=1e-4)
