@@ -316,6 +316,8 @@ class PCAReconstructionScore(AnomalyScore):
     def fit(self, x_normal: Any, *, device: str | torch.device = "auto") -> PCAReconstructionScore:
         """Fit the components to normal data ``(n, *x_shape)`` (``n > num_components``); returns self.
 
+        Any earlier threshold is cleared.
+
         Raises:
             ValueError: with ``smoothing > 0`` for data that are not images ``(n, H, W)`` / ``(n, C, H, W)``.
         """
@@ -323,6 +325,7 @@ class PCAReconstructionScore(AnomalyScore):
         if self.smoothing > 0 and xt.ndim not in (3, 4):
             raise ValueError(f"smoothing needs images (n, H, W) or (n, C, H, W), got shape {tuple(xt.shape)}")
         self.pca = PCA(self.num_components, whiten=False).fit(xt, device=device)
+        self.threshold = self.false_positive_rate = self.num_calibration = None
         return self
 
     def reconstruct(self, x: Any) -> Tensor:
