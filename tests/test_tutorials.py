@@ -29,6 +29,7 @@ EXPECTED_FIGURES: dict[str, list[str]] = {
     "03_calibration.py": ["ranks_0.png", "coverage_0.png", "tarp_0.png", "two_moons_vs_exact.png"],
     "07_scaling.py": ["scaling_corner.png", "scaling_loss.png"],
     "04_image_compression.py": ["grf_examples.png", "latent_spaces.png", "vae_gmm_galaxies.png", "grf_posteriors.png"],
+    "06_anomalies.py": ["anomaly_examples.png", "roc_curves.png", "threshold.png"],
 }
 
 TIMEOUT_S = 300
