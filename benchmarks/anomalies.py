@@ -11,6 +11,8 @@ Scores (all fitted on the normal training images only):
 
 * ``pca``: :class:`sbikit.density.PCAReconstructionScore` (``--pca-components``);
 * ``pca_smooth``: the same with the residual smoothed by the PSF (``smoothing=1`` pixel);
+* ``pca_combined``: :class:`sbikit.density.CombinedScore` of ``pca`` and ``pca_smooth`` (the
+  larger of the two, each standardised by its median and MAD on the training images);
 * ``flow_pca``: :class:`sbikit.density.FlowDensity` on 8 whitened PCA coefficients;
 * ``flow_regression``: ``FlowDensity`` on the 5 summaries of a
   :class:`sbikit.compressors.Regression` CNN trained to predict theta;
@@ -54,6 +56,7 @@ sys.path.insert(0, str(ROOT.parent))
 from sbikit.compressors import PCA, AutoEncoder, Regression  # noqa: E402
 from sbikit.density import (  # noqa: E402
     AnomalyDetector,
+    CombinedScore,
     FlowDensity,
     PCAReconstructionScore,
     WGANAnomalyScore,
@@ -65,7 +68,7 @@ from simulators.sersic import Sersic  # noqa: E402
 
 logger = logging.getLogger("benchmarks.anomalies")
 
-SCORES = ("pca", "pca_smooth", "flow_pca", "flow_regression", "flow_autoencoder", "wgan")
+SCORES = ("pca", "pca_smooth", "pca_combined", "flow_pca", "flow_regression", "flow_autoencoder", "wgan")
 LAMS = (0.0, 0.1, 0.5, 0.9, 1.0)
 QUICK = {
     "size": 16,
@@ -105,6 +108,15 @@ def fit_score(name: str, data: dict[str, Any], args: argparse.Namespace) -> tupl
     x, theta = data["x_train"], data["theta_train"]
     train = {"seed": 0, "progress": False, "device": args.device}
     channels = tuple(args.channels)
+    if name == "pca_combined":
+        parts = [
+            PCAReconstructionScore(args.pca_components, smoothing=sm).fit(x, device=args.device)
+            for sm in (0.0, args.psf_sigma)
+        ]
+        return CombinedScore(parts, x_reference=x), {
+            "num_components": args.pca_components,
+            "smoothing": [0.0, args.psf_sigma],
+        }
     if name in ("pca", "pca_smooth"):
         smoothing = args.psf_sigma if name == "pca_smooth" else 0.0
         score = PCAReconstructionScore(args.pca_components, smoothing=smoothing).fit(x, device=args.device)

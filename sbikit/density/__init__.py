@@ -22,6 +22,7 @@ __all__ = [
 from sbikit.density.anomaly import (  # noqa: E402
     AnomalyDetector,
     AnomalyScore,
+    CombinedScore,
     PCAReconstructionScore,
     WGANAnomalyScore,
     auroc,
@@ -30,5 +31,5 @@ from sbikit.density.anomaly import (  # noqa: E402
 )
 from sbikit.density.flow_density import FlowDensity, load_density  # noqa: E402
 
-__all__ += ["FlowDensity", "load_density", "AnomalyScore", "AnomalyDetector", "PCAReconstructionScore"]
+__all__ += ["FlowDensity", "load_density", "AnomalyScore", "AnomalyDetector", "PCAReconstructionScore", "CombinedScore"]
 __all__ += ["WGANAnomalyScore", "auroc", "roc_curve", "threshold_at_fpr"]

@@ -42,6 +42,7 @@ __all__ = [
     "AnomalyScore",
     "AnomalyDetector",
     "PCAReconstructionScore",
+    "CombinedScore",
     "WGANAnomalyScore",
     "threshold_at_fpr",
     "gaussian_smooth",
@@ -234,6 +235,57 @@ class AnomalyDetector(AnomalyScore):
         """The scorer's scores ``(n,)`` as a float32 CPU tensor (validated: one finite score per input)."""
         num = len(x) if hasattr(x, "__len__") else None
         return torch.from_numpy(_as_scores(self.scorer(x), "the scorer's output", num)).float()
+
+
+class CombinedScore(AnomalyScore):
+    """The largest of several standardised scores: flags what any one of them flags.
+
+    ``score(x) = max_i (s_i(x) - median_i) / MAD_i``, with the median and the median
+    absolute deviation of each score ``s_i`` on normal reference data. Each score is
+    sensitive to its own kind of anomaly (a PCA residual to hot pixels, its PSF-smoothed
+    version to trails and rings); standardised by their spread on normal data, their
+    maximum keeps most of each one's power (docs/anomalies.md has the numbers). Calibrate
+    the threshold with :meth:`calibrate` on other normal data than ``x_reference``, as for
+    any score.
+
+    Args:
+        scores: fitted :class:`AnomalyScore` objects (or anything with ``score(x) -> (n,)``).
+        x_reference: normal inputs ``(n, ...)`` (``n >= 20``) that fix each score's median and MAD.
+
+    Raises:
+        ValueError: for fewer than two scores, too little reference data, or a score that is
+            constant on it (zero MAD).
+    """
+
+    def __init__(self, scores: Sequence[Any], *, x_reference: Any) -> None:
+        self.scores = list(scores)
+        if len(self.scores) < 2:
+            raise ValueError(f"CombinedScore needs at least two scores, got {len(self.scores)}")
+        centres, spreads = [], []
+        for i, sc in enumerate(self.scores):
+            v = sc.score(x_reference).double()
+            if len(v) < 20:
+                raise ValueError(f"x_reference must hold at least 20 normal inputs, got {len(v)}")
+            med = v.median()
+            mad = (v - med).abs().median()
+            if not float(mad) > 0:
+                raise ValueError(f"score {i} ({type(sc).__name__}) is constant on x_reference (zero MAD)")
+            centres.append(float(med))
+            spreads.append(float(mad))
+        self.centres = torch.tensor(centres, dtype=torch.float64)
+        self.spreads = torch.tensor(spreads, dtype=torch.float64)
+
+    def components(self, x: Any) -> Tensor:
+        """Standardised scores ``(n, num_scores)`` (float64 CPU)."""
+        raw = torch.stack([sc.score(x).double().cpu() for sc in self.scores], dim=1)
+        return (raw - self.centres) / self.spreads
+
+    def score(self, x: Any) -> Tensor:
+        """``max_i`` of the standardised scores, ``(n,)`` float32 CPU."""
+        return self.components(x).max(dim=1).values.float()
+
+    def __repr__(self) -> str:
+        return f"CombinedScore({', '.join(type(sc).__name__ for sc in self.scores)})"
 
 
 # -- ROC -------------------------------------------------------------------------------------------
