@@ -47,12 +47,14 @@ from sbikit.priors import make_generator
 from sbikit.train import _check_fingerprint, _checksum, _load_checkpoint, _save_checkpoint, _torch_threads
 from sbikit.utils import as_float_tensor, resolve_device
 
-__all__ = ["ConditionalWGAN", "WGANHistory", "gradient_penalty", "critic_loss", "NOISE_MODELS"]
+__all__ = ["ConditionalWGAN", "WGANHistory", "gradient_penalty", "critic_loss", "NOISE_MODELS", "GENERATORS"]
 
 logger = logging.getLogger(__name__)
 
 #: Output noise models of :class:`ConditionalWGAN`.
 NOISE_MODELS: tuple[str | None, ...] = ("diagonal", None)
+#: Generators for images: convolutional (``ConvDecoder``) or an MLP to all pixels.
+GENERATORS: tuple[str, ...] = ("conv", "mlp")
 _CHECKPOINT_KIND = "sbikit-wgan"
 _CHECKPOINT_FORMAT = 1  # the format number sbikit.train's checkpoint reader accepts
 # Rows per forward pass when the validation Wasserstein estimate is computed.
@@ -182,6 +184,7 @@ class ConditionalWGAN(Emulator):
         channels: Sequence[int] = DEFAULT_CHANNELS,
         critic_pooling: str = "flatten",
         noise: str | None = "diagonal",
+        generator: str = "conv",
         x_shape: Sequence[int] | None = None,
         theta_dim: int | None = None,
         prior: Any = None,
@@ -201,6 +204,9 @@ class ConditionalWGAN(Emulator):
         self.channels = tuple(int(c) for c in channels)
         self.critic_pooling = critic_pooling
         self.noise = noise
+        if generator not in GENERATORS:
+            raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}")
+        self.generator_kind = generator
         self._maybe_build()
 
     def _config(self) -> dict[str, Any]:
@@ -210,13 +216,17 @@ class ConditionalWGAN(Emulator):
             "channels": list(self.channels),
             "critic_pooling": self.critic_pooling,
             "noise": self.noise,
+            "generator": self.generator_kind,
         }
 
     def _build(self) -> None:
         assert self.x_shape is not None and self.theta_dim is not None
         d, k, h = self.theta_dim, self.latent_dim, self.hidden_features
         if self.is_image:
-            self.generator_net: nn.Module = ConvDecoder(k + d, self.x_shape, channels=self.channels)
+            if self.generator_kind == "conv":
+                self.generator_net: nn.Module = ConvDecoder(k + d, self.x_shape, channels=self.channels)
+            else:
+                self.generator_net = mlp(k + d, math.prod(self.x_shape), h, self.num_layers)
             self.critic_encoder: nn.Module = ConvEncoder(
                 self.x_shape, h, channels=self.channels, pooling=self.critic_pooling
             )
