@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--max-epochs", type=int, default=200, help="emulators and compressor")
     parser.add_argument("--patience", type=int, default=20, help="CVAE early stopping")
-    parser.add_argument("--wgan-learning-rate", type=float, default=2e-4)
+    parser.add_argument("--wgan-learning-rate", type=float, default=1e-3)
     parser.add_argument("--npe-max-epochs", type=int, default=None)
     parser.add_argument("--npe-floor", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--device", default="cpu")

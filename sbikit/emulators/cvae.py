@@ -84,8 +84,14 @@ class ConditionalVAE(Emulator):
     Networks: for vectors ``(D,)`` MLPs (encoder on ``[x, theta]``, decoder on ``[z, theta]``);
     for images ``(H, W)`` / ``(C, H, W)`` a :class:`~sbikit.compressors.ConvEncoder` (positions
     kept, ``pooling="flatten"``) whose features are joined with ``theta`` in an MLP head, and a
-    :class:`~sbikit.compressors.ConvDecoder` fed ``[z, theta]``. ``theta`` enters standardised.
-    The likelihood is Gaussian with one learned scale per output element.
+    decoder fed ``[z, theta]``: an MLP to all pixels (``decoder="mlp"``, default) or a
+    :class:`~sbikit.compressors.ConvDecoder` (``decoder="conv"``). ``theta`` enters
+    standardised. The likelihood is Gaussian with one learned scale per output element.
+
+    Why an MLP decoder by default: its last layer is a learned basis of ``hidden_features``
+    images with non-linear coefficients, which suits centred objects; on 32 x 32 ``sersic``
+    images (5,000 simulations, 40 epochs) it put 92 of 96 power-spectrum bins within 5% against
+    83 for the convolutional decoder, and simulated 10x faster (docs/emulators.md).
 
     Args:
         latent_dim: dimension of ``z``.
@@ -93,6 +99,7 @@ class ConditionalVAE(Emulator):
         num_layers: hidden layers of the vector MLPs.
         channels: channels per convolutional stage (images).
         beta: weight of the KL term (``1`` is the ELBO).
+        decoder: ``"mlp"`` or ``"conv"`` for images (vectors always use an MLP).
         x_shape, theta_dim, prior, theta_names: see :class:`~sbikit.emulators.Emulator`.
     """
 
@@ -104,7 +111,7 @@ class ConditionalVAE(Emulator):
         num_layers: int = 2,
         channels: Sequence[int] = DEFAULT_CHANNELS,
         beta: float = 1.0,
-        decoder: str = "conv",
+        decoder: str = "mlp",
         x_shape: Sequence[int] | None = None,
         theta_dim: int | None = None,
         prior: Any = None,
