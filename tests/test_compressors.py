@@ -403,3 +403,214 @@ def test_compressor_fit_resumes_from_a_checkpoint(name, grf_data, tmp_path, capl
     assert any("resuming from" in r.getMessage() and "after epoch 1" in r.getMessage() for r in caplog.records)
     assert resumed.history.val_loss == full.history.val_loss
     assert torch.equal(resumed.encode(x[:16]), full.encode(x[:16]))
+
+
+# -- training from a simulation store (arrays on disk, streamed beyond memory) ------------------------------
+
+# 16 x 16 GRF images in a store of 5 chunks of 64 rows; memory_limit_gb=0 streams them.
+STORE_ROWS, STORE_CHUNK = 320, 64
+STREAM = {**FAST, "memory_limit_gb": 0}
+
+
+@pytest.fixture(scope="module")
+def zarr():
+    return pytest.importorskip("zarr")
+
+
+def _grf_store(path, zarr):
+    return sbikit.simulate(
+        "grf", STORE_ROWS, store=path, chunk_size=STORE_CHUNK, seed=0, simulator_kwargs={"size": 16}, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def grf_store(tmp_path_factory, zarr):
+    return _grf_store(tmp_path_factory.mktemp("store") / "grf.zarr", zarr)
+
+
+def _make16(name: str) -> Compressor:
+    return {
+        "autoencoder": lambda: AutoEncoder(4, channels=SMALL),
+        "vae": lambda: VAE(4, channels=SMALL),
+        "contrastive": lambda: Contrastive(4, channels=SMALL, projection_features=8),
+        "regression": lambda: Regression(channels=SMALL),
+    }[name]()
+
+
+def _weights(comp: Compressor) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in comp.state_dict().items()}
+
+
+def _streamed(caplog) -> bool:
+    return any(r.name == "sbikit.train" and "streaming" in r.getMessage() for r in caplog.records)
+
+
+def test_streamed_pca_equals_in_memory_pca(grf_store, monkeypatch, caplog) -> None:
+    x = grf_store.x
+    x_mem = np.asarray(x[:])
+    with caplog.at_level(logging.INFO, logger="sbikit"):
+        streamed = PCA(6).fit(x, device="cpu", memory_limit_gb=0)
+    assert _streamed(caplog) and any("PCA (streamed, 320 rows)" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sbikit"):
+        loaded = PCA(6).fit(x, device="cpu")  # 0.3 MB < the default 4 GB: read into memory
+    assert not _streamed(caplog)
+    ref = PCA(6).fit(x_mem, device="cpu")
+    assert all(torch.equal(a, b) for a, b in zip(_weights(loaded).values(), _weights(ref).values(), strict=True))
+    # Same data, two float64 routes (eigenvectors of the streamed scatter matrix vs the SVD):
+    # they agree to float32 storage rounding, far inside 1e-5; components compared up to sign.
+    for i in range(6):
+        a, b = streamed.components[i], ref.components[i]
+        sign = torch.sign(a @ b)
+        torch.testing.assert_close(a, sign * b, atol=1e-5, rtol=0)
+    torch.testing.assert_close(streamed.component_std, ref.component_std, atol=0, rtol=1e-5)
+    torch.testing.assert_close(streamed.mean, ref.mean, atol=1e-6, rtol=0)
+    # Negative control: PCA of half the rows differs by far more than the tolerance.
+    half = PCA(6).fit(x_mem[:160], device="cpu")
+    assert float((half.components.abs() - ref.components.abs()).abs().max()) > 1e-2
+    # encode reads an array on disk a few chunks at a time (5 reads of 64 rows here).
+    monkeypatch.setattr("sbikit.compressors.base._ENCODE_CHUNK", 100)
+    z = streamed.encode(x)
+    assert z.shape == (STORE_ROWS, 6)
+    torch.testing.assert_close(z, streamed.encode(x_mem), atol=1e-5, rtol=0)
+    assert streamed.encode(x[3]).shape == (6,)  # one data set read from disk
+
+
+@pytest.mark.parametrize("name", ["autoencoder", "vae", "contrastive", "regression"])
+def test_streamed_fit_standardises_like_memory_and_repeats(name, grf_store, caplog) -> None:
+    x, theta = grf_store.x, grf_store.theta
+    with caplog.at_level(logging.INFO, logger="sbikit.train"):
+        a = _make16(name).fit(x, theta, **STREAM)
+    assert _streamed(caplog)
+    assert a.is_fitted and a.history.epochs == 2 and math.isfinite(a.history.best_val_loss)
+    b = _make16(name).fit(x, theta, **STREAM)
+    # Same seed, same stream (split, block order, batches): identical weights. Control: another seed differs.
+    assert all(torch.equal(u, v) for u, v in zip(_weights(a).values(), _weights(b).values(), strict=True))
+    other = _make16(name).fit(x, theta, **{**STREAM, "seed": 1})
+    assert not all(torch.equal(u, v) for u, v in zip(_weights(a).values(), _weights(other).values(), strict=True))
+    # The streaming pass (float64) gives the in-memory standardisation (float32 reductions): 1e-5.
+    mem = _make16(name).fit(np.asarray(x[:]), np.asarray(theta[:]), **FAST)
+    names = ["x_shift", "x_scale"] + (["theta_shift", "theta_scale"] if name == "regression" else [])
+    for key in names:
+        torch.testing.assert_close(getattr(a, key), getattr(mem, key), atol=1e-5, rtol=1e-5)
+    z = a.encode(x)
+    assert z.shape == (STORE_ROWS, 2 if name == "regression" else 4) and torch.isfinite(z).all()
+    # Read into memory (below memory_limit_gb), an array on disk trains exactly like numpy input.
+    loaded = _make16(name).fit(x, theta, **FAST)
+    assert all(torch.equal(u, v) for u, v in zip(_weights(loaded).values(), _weights(mem).values(), strict=True))
+
+
+def test_streamed_contrastive_with_pairs_on_disk(grf_store, zarr, tmp_path) -> None:
+    x, theta = grf_store.x, grf_store.theta
+    pair_np = simulators.get("grf", size=16).simulate(np.asarray(theta[:]), seed=2).astype(np.float32)
+    pair = zarr.create_array(str(tmp_path / "pair.zarr"), shape=pair_np.shape, chunks=(64, 16, 16), dtype="f4")
+    pair[:] = pair_np
+    comp = Contrastive(4, augment=None, channels=SMALL, projection_features=8)
+    comp.fit(x, x_pair=pair, **STREAM)
+    assert comp.is_fitted and comp.encode(pair).shape == (STORE_ROWS, 4)
+    # One mean and scale for x and x_pair together, as in memory (float64 pooling vs float32: 1e-5).
+    both = torch.cat([torch.as_tensor(np.asarray(x[:])), torch.as_tensor(pair_np)])
+    assert float(comp.x_shift) == pytest.approx(float(both.mean()), abs=1e-5)
+    assert float(comp.x_scale) == pytest.approx(float(both.std()), rel=1e-5)
+    # Control: the scale of x alone differs (the pairs have other noise), so the test can tell.
+    assert float(both[:STORE_ROWS].std()) != pytest.approx(float(both.std()), rel=1e-5)
+    with pytest.raises(ValueError, match=r"x_pair must have shape \(n, 16, 16\)"):
+        Contrastive(4, augment=None, channels=SMALL).fit(x, x_pair=np.zeros((STORE_ROWS, 8, 8)), **STREAM)
+
+
+def test_nan_rows_of_a_store_are_dropped_with_one_warning(zarr, tmp_path) -> None:
+    store = _grf_store(tmp_path / "nan.zarr", zarr)
+    zarr.open_group(str(tmp_path / "nan.zarr"), mode="r+")["x"][10:17] = np.nan
+    finite = np.asarray(store.x[:])[np.r_[0:10, 17:STORE_ROWS]]
+    message = "dropped 7 of 320 rows whose x holds NaN or inf"
+    ref = AutoEncoder(4, channels=SMALL).fit(finite, **FAST)
+    for kw in (STREAM, FAST):  # streamed, and read into memory: the same rows go
+        with pytest.warns(UserWarning, match=message) as record:
+            ae = AutoEncoder(4, channels=SMALL).fit(store.x, **kw)
+        assert len(record) == 1 and record[0].filename == __file__  # one warning, at the user's call
+        torch.testing.assert_close(ae.x_shift, ref.x_shift, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ae.x_scale, ref.x_scale, atol=1e-5, rtol=1e-5)
+    with pytest.warns(UserWarning, match=message) as record:
+        pca = PCA(4).fit(store.x, device="cpu", memory_limit_gb=0)
+    assert len(record) == 1 and record[0].filename == __file__
+    torch.testing.assert_close(pca.mean, PCA(4).fit(finite, device="cpu").mean, atol=1e-6, rtol=0)
+    with pytest.warns(UserWarning, match="dropped 7 of 320 rows whose x or theta holds NaN or inf"):
+        Regression(channels=SMALL).fit(store.x, store.theta, **STREAM)
+    # encode does not drop rows: it names the rows it cannot encode.
+    with pytest.raises(ValueError, match="NaN or inf in 7 of its rows 0 to 319"):
+        pca.encode(store.x)
+    # Numpy input keeps its strict check (nothing is dropped silently from data in memory).
+    with pytest.raises(ValueError, match="NaN or inf in 7 of 320 rows"):
+        AutoEncoder(4, channels=SMALL).fit(np.asarray(store.x[:]), **FAST)
+
+
+@pytest.mark.parametrize("name", ["autoencoder", "contrastive", "regression"])
+def test_streamed_fit_resumes_from_a_checkpoint(name, grf_store, tmp_path, caplog) -> None:
+    # Streamed: stopped after 1 epoch and resumed to 2 equals an uninterrupted 2-epoch fit.
+    x, theta = grf_store.x, grf_store.theta
+    full = _make16(name).fit(x, theta, **STREAM)
+    ckpt = tmp_path / f"{name}.ckpt"
+    _make16(name).fit(x, theta, **{**STREAM, "max_epochs": 1}, checkpoint=ckpt)
+    with caplog.at_level(logging.INFO, logger="sbikit.train"):
+        resumed = _make16(name).fit(x, theta, **STREAM, checkpoint=ckpt, resume=True)
+    assert any("resuming from" in r.getMessage() and "after epoch 1" in r.getMessage() for r in caplog.records)
+    assert resumed.history.val_loss == full.history.val_loss
+    assert all(torch.equal(u, v) for u, v in zip(_weights(resumed).values(), _weights(full).values(), strict=True))
+    # The checkpoint records a streamed run: resuming it with the data in memory is refused.
+    with pytest.raises(ValueError, match="different training run"):
+        _make16(name).fit(x, theta, **FAST, checkpoint=ckpt, resume=True)
+
+
+def test_streamed_fit_errors(grf_store, zarr, tmp_path) -> None:
+    x, theta = grf_store.x, grf_store.theta
+    for kw in (STREAM, FAST):
+        with pytest.raises(ValueError, match="x and theta need the same number of rows, got 320 and 300"):
+            Regression(channels=SMALL).fit(x, np.asarray(theta[:300]), **kw)
+    with pytest.raises(ValueError, match="x and x_pair need the same number of rows"):
+        Contrastive(4, channels=SMALL).fit(x, x_pair=np.zeros((10, 16, 16)), **STREAM)
+    with pytest.raises(ValueError, match=r"theta must have shape \(n, d\)"):
+        Regression(channels=SMALL).fit(x, np.zeros((STORE_ROWS, 2, 1)), **STREAM)
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 8, 8\)"):
+        AutoEncoder(4, channels=SMALL, x_shape=(8, 8)).fit(x, **STREAM)
+
+    def disk(name: str, values: np.ndarray):
+        arr = zarr.create_array(str(tmp_path / name), shape=values.shape, chunks=(4, *values.shape[1:]), dtype="f4")
+        arr[:] = values
+        return arr
+
+    with pytest.raises(ValueError, match="at least 2 data sets, got 1"):
+        AutoEncoder(4, channels=SMALL).fit(disk("one.zarr", np.ones((1, 16, 16))), **STREAM)
+    one_finite = np.full((8, 16, 16), np.nan)
+    one_finite[3] = 1.0
+    with pytest.warns(UserWarning, match="dropped 7 of 8"), pytest.raises(ValueError, match="got 1 of 8"):
+        AutoEncoder(4, channels=SMALL).fit(disk("nan1.zarr", one_finite), **STREAM)
+    with pytest.raises(ValueError, match="every one of the 8 rows holds NaN or inf"):
+        AutoEncoder(4, channels=SMALL).fit(disk("nan.zarr", np.full((8, 16, 16), np.nan)), **STREAM)
+    # PCA streams at most 64 x 64 = 4096 features; a 65 x 65 store must be fitted in memory.
+    big = disk("big.zarr", np.random.default_rng(0).normal(size=(8, 65, 65)))
+    with pytest.raises(ValueError, match=r"PCA cannot stream data of 4225 features.*memory_limit_gb=None"):
+        PCA(3).fit(big, device="cpu", memory_limit_gb=0)
+    assert PCA(3).fit(big, device="cpu", memory_limit_gb=None).is_fitted  # the control: in memory it fits
+    with pytest.raises(ValueError, match="needs at least 5 data sets"):
+        PCA(4).fit(disk("few.zarr", np.random.default_rng(0).normal(size=(4, 4, 4))), device="cpu", memory_limit_gb=0)
+
+
+@pytest.mark.gpu
+def test_streamed_fits_on_cuda(grf_store, tmp_path) -> None:
+    x, theta = grf_store.x, grf_store.theta
+    kw = {**STREAM, "device": "cuda"}
+    reg = Regression(channels=SMALL).fit(x, theta, **kw, checkpoint=tmp_path / "r.ckpt")
+    assert reg.device.type == "cuda" and math.isfinite(reg.history.best_val_loss)
+    resumed = Regression(channels=SMALL).fit(
+        x, theta, **{**kw, "max_epochs": 3}, checkpoint=tmp_path / "r.ckpt", resume=True
+    )
+    assert resumed.history.epochs == 3
+    z = reg.encode(x)
+    assert z.device.type == "cpu" and z.shape == (STORE_ROWS, 2)
+    pca = PCA(6).fit(x, device="cuda", memory_limit_gb=0)
+    ref = PCA(6).fit(np.asarray(x[:]), device="cpu")
+    assert pca.device.type == "cuda"
+    for i in range(6):  # float64 on both devices: float32 storage rounding, as on the CPU
+        sign = torch.sign(pca.components[i].cpu() @ ref.components[i])
+        torch.testing.assert_close(pca.components[i].cpu(), sign * ref.components[i], atol=1e-5, rtol=0)
+    torch.testing.assert_close(pca.encode(x), ref.encode(x), atol=1e-4, rtol=1e-4)

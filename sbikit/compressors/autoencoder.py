@@ -64,11 +64,14 @@ class AutoEncoder(Compressor):
         progress: bool = True,
         checkpoint: str | Path | None = None,
         resume: bool = False,
+        memory_limit_gb: float | None = 4.0,
     ) -> AutoEncoder:
         """Train by minimising the reconstruction error with :func:`sbikit.train.fit`.
 
         Args:
-            x: images ``(n, *x_shape)``.
+            x: images ``(n, *x_shape)``: numpy, torch, or an array on disk such as
+                ``sbikit.open_store(path).x`` (rows with NaN or inf are then dropped with a
+                warning that counts them).
             theta: ignored (unsupervised); accepted for the common interface.
             seed: initial weights, validation split and batch order.
             batch_size, learning_rate, max_epochs, validation_fraction, patience, progress:
@@ -77,15 +80,17 @@ class AutoEncoder(Compressor):
             checkpoint: file written atomically after every epoch; with ``resume=True`` a
                 killed fit continues from it (see :func:`sbikit.train.fit`).
             resume: continue from ``checkpoint`` when it exists.
+            memory_limit_gb: arrays on disk larger than this (as float32) are streamed in
+                shuffled buffers of chunks (the standardisation from one streaming pass)
+                instead of read into memory; ``0`` always streams, ``None`` never does.
 
         Returns:
             self, on ``device``; ``self.history`` holds the losses.
         """
-        xt = self._start_fit(x, seed=seed)
-        self._set_standardization(xt)
+        data = self._image_data(x, seed=seed, memory_limit_gb=memory_limit_gb)
         self._train(
             autoencoder_loss,
-            (xt,),
+            data,
             seed=seed,
             device=device,
             description="AutoEncoder",

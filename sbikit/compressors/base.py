@@ -7,6 +7,12 @@ state (weights, standardisation, ``fitted`` flag) lives in its ``state_dict``. F
 ``torch.save`` dict of that state dict and a JSON config, read back with
 ``weights_only=True``: loading never runs code from the file, and the class is named by
 its import path and must be a :class:`Compressor` subclass.
+
+Training data may be numpy arrays, tensors or arrays on disk (``sbikit.open_store(path).x``,
+any zarr/h5py array): those are read into memory when their float32 size is at most
+``memory_limit_gb`` and otherwise streamed through :func:`sbikit.train.fit` as a
+:class:`~sbikit.train.StreamingData`, with the standardisation computed in one streaming
+pass. :meth:`Compressor.encode` reads arrays on disk chunk by chunk.
 """
 
 from __future__ import annotations
@@ -17,14 +23,16 @@ import logging
 import math
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sbikit.train import FitResult, fit
+from sbikit.train import FitResult, StreamingData, fit, is_out_of_core, running_moments, stream_or_load
 from sbikit.utils import as_float_tensor, resolve_device
 
 __all__ = ["Compressor", "FrozenEmbedding", "load_compressor", "FORMAT"]
@@ -40,6 +48,18 @@ _ENCODE_CHUNK = 4096
 
 def _shape_text(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def _finite_rows(t: Tensor) -> Tensor:
+    """``(n,)`` bool: rows of ``t`` ``(n, ...)`` without NaN or inf."""
+    return torch.isfinite(t.reshape(len(t), -1)).all(1)
+
+
+def _float32_tensor(value: Any, name: str) -> Tensor:
+    """A float32 CPU tensor; numpy input is cast in place of the float64 detour of ``as_float_tensor``."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
+        return torch.from_numpy(np.asarray(value, dtype=np.float32))
+    return as_float_tensor(value, name)
 
 
 class Compressor(nn.Module):
@@ -112,21 +132,30 @@ class Compressor(nn.Module):
         return bool(self.fitted)
 
     # -- data checks ---------------------------------------------------------------------------
+    def _check_shape(self, shape: tuple[int, ...], name: str = "x") -> bool:
+        """Check the shape of data ``(n, *x_shape)`` or ``x_shape``; -> whether it is a single data set."""
+        shape = tuple(int(s) for s in shape)
+        if self.x_shape is None:
+            if len(shape) < 2:
+                raise ValueError(f"{name} must have shape (n, *x_shape) with n data sets, got {shape}")
+            return False
+        if shape == self.x_shape:
+            return True
+        if shape[1:] != self.x_shape:
+            raise ValueError(
+                f"{name} must have shape (n, {', '.join(map(str, self.x_shape))}) or {_shape_text(self.x_shape)} "
+                f"for this {type(self).__name__}, got {shape}"
+            )
+        return False
+
     def _check_x(self, x: Any, name: str = "x") -> tuple[Tensor, bool]:
         """Validate ``x`` -> float32 CPU ``(n, *x_shape)`` and whether a single data set was given."""
         xt = as_float_tensor(x, name)
+        single = self._check_shape(tuple(xt.shape), name)
         if self.x_shape is None:
-            if xt.ndim < 2:
-                raise ValueError(f"{name} must have shape (n, *x_shape) with n data sets, got {tuple(xt.shape)}")
             return xt, False
-        single = tuple(xt.shape) == self.x_shape
         if single:
             xt = xt[None]
-        elif tuple(xt.shape[1:]) != self.x_shape:
-            raise ValueError(
-                f"{name} must have shape (n, {', '.join(map(str, self.x_shape))}) or {_shape_text(self.x_shape)} "
-                f"for this {type(self).__name__}, got {tuple(xt.shape)}"
-            )
         if not bool(torch.isfinite(xt).all()):
             bad = int((~torch.isfinite(xt.reshape(len(xt), -1)).all(1)).sum())
             raise ValueError(f"{name} holds NaN or inf in {bad} of {len(xt)} rows; compressors need finite data")
@@ -144,6 +173,11 @@ class Compressor(nn.Module):
         xt, _ = self._check_x(xt)  # finiteness check with the shape now known
         if len(xt) < 2:
             raise ValueError(f"fit needs at least 2 data sets, got {len(xt)}")
+        self._build_fresh(seed=seed, num_summaries=num_summaries)
+        return xt
+
+    def _build_fresh(self, *, seed: int | None, num_summaries: int | None) -> None:
+        """Fix ``k`` (when the constructor left it open) and build the networks from ``seed``."""
         if self.num_summaries is None:
             self.num_summaries = num_summaries
         if self.num_summaries is None:  # pragma: no cover - guards subclass bugs
@@ -154,7 +188,183 @@ class Compressor(nn.Module):
             self._build()
         self._built = True
         self.fitted.fill_(False)
-        return xt
+
+    # -- data on disk: read into memory, or streamed -------------------------------------------
+    def _fit_inputs(
+        self, arrays: dict[str, Any], *, memory_limit_gb: float | None, stacklevel: int = 3
+    ) -> tuple[dict[str, Any], bool]:
+        """Decide whether training data are read into memory or streamed from disk.
+
+        Args:
+            arrays: ``{"x": x, ...}``: ``x`` ``(n, *x_shape)`` first, then row-aligned
+                companions (``theta`` ``(n, d)``, ``x_pair`` ``(n, *x_shape)``); ``None``
+                values are passed through. Each is numpy, torch, or an array on disk.
+            memory_limit_gb: arrays on disk whose float32 size (all together) exceeds this
+                are streamed; ``0`` always streams, ``None`` always reads them into memory.
+            stacklevel: of the dropped-rows warning, counted from this method.
+
+        Returns:
+            ``(arrays, streamed)``. Without arrays on disk the inputs come back unchanged and
+            are never streamed. Streamed: arrays on disk unchanged, in-memory companions as
+            float32 numpy. Read into memory: float32 CPU tensors without the rows that hold
+            NaN or inf in any array (chunks of a store that are pending or failed, NaN
+            simulator output), dropped with a warning that counts them.
+
+        Raises:
+            ValueError: when the arrays have different numbers of rows.
+        """
+        given = {k: v for k, v in arrays.items() if v is not None}
+        if not any(is_out_of_core(v) for v in given.values()):
+            return arrays, False
+        n = int(given["x"].shape[0])
+        for name, value in given.items():
+            if int(value.shape[0]) != n:
+                raise ValueError(f"x and {name} need the same number of rows, got {n} and {int(value.shape[0])}")
+        values, streamed = stream_or_load(list(given.values()), memory_limit_gb=memory_limit_gb)
+        out = dict(arrays)
+        if streamed:
+            for name, value in zip(given, values, strict=True):
+                out[name] = value if is_out_of_core(value) else as_float_tensor(value, name).numpy()
+            return out, True
+        tensors = [_float32_tensor(v, k) for k, v in zip(given, values, strict=True)]
+        ok = torch.ones(n, dtype=torch.bool)
+        for t in tensors:
+            ok &= _finite_rows(t)
+        dropped = n - int(ok.sum())
+        if dropped:
+            self._warn_dropped(dropped, n, list(given), stacklevel=stacklevel + 1)
+            tensors = [t[ok] for t in tensors]
+        out.update(zip(given, tensors, strict=True))
+        return out, False
+
+    @staticmethod
+    def _warn_dropped(dropped: int, n: int, names: list[str], *, stacklevel: int) -> None:
+        if dropped == n:
+            raise ValueError(
+                f"every one of the {n} rows holds NaN or inf in {' or '.join(names)} (chunks of the store not "
+                "simulated yet or failed?); nothing is left to fit"
+            )
+        warnings.warn(
+            f"dropped {dropped} of {n} rows whose {' or '.join(names)} holds NaN or inf "
+            "(chunks of the store not simulated yet or failed, or NaN simulator output)",
+            stacklevel=stacklevel,
+        )
+
+    def _start_streamed_fit(
+        self,
+        x: Any,
+        companions: dict[str, tuple[Any, tuple[int, ...] | None]] | None = None,
+        *,
+        seed: int | None,
+        num_summaries: int | None = None,
+    ) -> StreamingData:
+        """The streamed counterpart of :meth:`_start_fit`: check shapes, fix ``x_shape``, build networks.
+
+        Nothing is read here but the shapes.
+
+        Args:
+            x: an array on disk ``(n, *x_shape)`` (or in memory, read by row slices).
+            companions: ``{name: (array, row_shape)}`` of row-aligned arrays ``(n, *row_shape)``;
+                ``row_shape=None`` means ``x_shape`` (a second image per row).
+            seed: seeds the networks' initialisation.
+            num_summaries: ``k`` when the constructor left it open.
+
+        Returns:
+            A :class:`~sbikit.train.StreamingData` whose blocks are float32 tensors
+            ``[x (b, *x_shape), *companions (b, *row_shape)]``, without the rows that hold NaN
+            or inf in any of them (the same rows dropped from every tensor).
+
+        Raises:
+            ValueError: on a wrong shape, mismatched rows or fewer than 2 rows.
+        """
+        shape = tuple(int(s) for s in x.shape)
+        if self._check_shape(shape) or len(shape) < 2:
+            raise ValueError(f"fit needs data sets (n, *x_shape), got one data set of shape {shape}")
+        if self.x_shape is None:
+            self.x_shape = shape[1:]
+        n = shape[0]
+        if n < 2:
+            raise ValueError(f"fit needs at least 2 data sets, got {n}")
+        arrays = [x]
+        row_shapes: list[tuple[int, ...]] = [self.x_shape]
+        for name, (value, row_shape) in (companions or {}).items():
+            if int(value.shape[0]) != n:
+                raise ValueError(f"x and {name} need the same number of rows, got {n} and {int(value.shape[0])}")
+            want = self.x_shape if row_shape is None else tuple(row_shape)
+            got = tuple(int(s) for s in value.shape[1:])
+            if (got != want) if row_shape is None else (math.prod(got) != math.prod(want)):
+                raise ValueError(f"{name} must have shape (n, {', '.join(map(str, want))}), got {tuple(value.shape)}")
+            arrays.append(value)
+            row_shapes.append(want)
+        self._build_fresh(seed=seed, num_summaries=num_summaries)
+
+        def transform(raw: list[np.ndarray]) -> list[Tensor]:
+            ts = [
+                torch.as_tensor(np.asarray(r, dtype=np.float32)).reshape(-1, *rs)
+                for r, rs in zip(raw, row_shapes, strict=True)
+            ]
+            ok = _finite_rows(ts[0])
+            for t in ts[1:]:
+                ok &= _finite_rows(t)
+            return ts if bool(ok.all()) else [t[ok] for t in ts]
+
+        return StreamingData(arrays, transform=transform)
+
+    def _streamed_moments(
+        self, data: StreamingData, names: list[str], *, pooled: list[bool], stacklevel: int = 3
+    ) -> list[tuple[Tensor, Tensor, int]]:
+        """One pass of :func:`~sbikit.train.running_moments` over ``data``, warning with the rows dropped.
+
+        Returns:
+            Per tensor ``(mean, std, rows kept)`` in float64: pooled over all entries
+            (shape ``()``) or per feature.
+
+        Raises:
+            ValueError: when fewer than 2 rows are finite.
+        """
+        try:
+            moments = running_moments(data, global_entries=pooled)
+        except ValueError as err:
+            if "every row was dropped" not in str(err):
+                raise
+            moments = []  # no row at all is finite
+        kept = moments[0][2] if moments else 0
+        if kept < data.num_rows:
+            self._warn_dropped(data.num_rows - kept, data.num_rows, names, stacklevel=stacklevel + 1)
+        if kept < 2:
+            raise ValueError(f"fit needs at least 2 data sets with finite values, got {kept} of {data.num_rows}")
+        return moments
+
+    def _image_data(
+        self, x: Any, *, seed: int | None, memory_limit_gb: float | None, stacklevel: int = 3
+    ) -> tuple[Tensor] | StreamingData:
+        """Training data of a compressor that learns from ``x`` alone, with networks built and standardisation set.
+
+        Args:
+            x: ``(n, *x_shape)``, numpy, torch or an array on disk.
+            seed: seeds the networks' initialisation.
+            memory_limit_gb: see :meth:`_fit_inputs`.
+            stacklevel: of the dropped-rows warning, counted from this method.
+
+        Returns:
+            ``(x,)`` with ``x`` a float32 tensor ``(n, *x_shape)``, or a
+            :class:`~sbikit.train.StreamingData` of ``[x]`` blocks when streamed.
+        """
+        arrays, streamed = self._fit_inputs({"x": x}, memory_limit_gb=memory_limit_gb, stacklevel=stacklevel + 1)
+        if not streamed:
+            xt = self._start_fit(arrays["x"], seed=seed)
+            self._set_standardization(xt)
+            return (xt,)
+        data = self._start_streamed_fit(arrays["x"], seed=seed)
+        ((mean, std, _),) = self._streamed_moments(data, ["x"], pooled=[True], stacklevel=stacklevel + 1)
+        self._set_standardization_values(float(mean), float(std))
+        return data
+
+    @torch.no_grad()
+    def _set_standardization_values(self, mean: float, std: float) -> None:
+        """Set ``x_shift``/``x_scale`` from a mean and standard deviation computed elsewhere (a stream)."""
+        self.x_shift.fill_(float(mean))
+        self.x_scale.fill_(float(std) if float(std) > 1e-12 else 1.0)
 
     @torch.no_grad()
     def _set_standardization(self, xt: Tensor) -> None:
@@ -186,6 +396,8 @@ class Compressor(nn.Module):
         """
         if not self.is_fitted:
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(x) before encode(x)")
+        if is_out_of_core(x) and not self._check_shape(tuple(x.shape)):
+            return self._encode_from_disk(x)
         xt, single = self._check_x(x)
         was_training = self.training
         self.eval()
@@ -199,6 +411,31 @@ class Compressor(nn.Module):
         finally:
             self.train(was_training)
         return out[0] if single else out
+
+    @torch.no_grad()
+    def _encode_from_disk(self, x: Any) -> Tensor:
+        """Summaries ``(n, k)`` of an array on disk ``(n, *x_shape)``, read a few of its chunks at a time."""
+        n = int(x.shape[0])
+        chunks = getattr(x, "chunks", None)
+        step = int(chunks[0]) if chunks else _ENCODE_CHUNK
+        step = max(step, (_ENCODE_CHUNK // step) * step)  # whole chunks of the array per read
+        was_training = self.training
+        self.eval()
+        out = []
+        try:
+            for i in range(0, n, step):
+                xt = torch.as_tensor(np.asarray(x[i : i + step], dtype=np.float32))
+                ok = _finite_rows(xt)
+                if not bool(ok.all()):
+                    raise ValueError(
+                        f"x holds NaN or inf in {int((~ok).sum())} of its rows {i} to {i + len(xt) - 1} (of {n}); "
+                        "compressors need finite data: encode only the finite rows (store.finite_mask())"
+                    )
+                out.append(self._encode(self._standardize(xt.to(self.device))).cpu())
+        finally:
+            self.train(was_training)
+        assert self.num_summaries is not None
+        return torch.cat(out) if out else torch.zeros(0, self.num_summaries)
 
     def as_embedding(self) -> FrozenEmbedding:
         """This compressor as a frozen ``embedding=`` for :class:`sbikit.NPE` (no gradient, eval mode)."""
@@ -249,7 +486,7 @@ class Compressor(nn.Module):
     def _train(
         self,
         loss_fn: Callable[..., Tensor],
-        data: tuple[Tensor, ...],
+        data: tuple[Tensor, ...] | StreamingData,
         *,
         seed: int | None,
         device: str | torch.device,

@@ -8,6 +8,7 @@ is not part of the summary.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from sbikit.compressors.augment import Augment
 from sbikit.compressors.base import Compressor
 from sbikit.compressors.cnn import DEFAULT_CHANNELS, ConvEncoder
+from sbikit.train import StreamingData
 
 __all__ = ["Contrastive", "nt_xent", "vicreg", "contrastive_loss"]
 
@@ -87,6 +89,18 @@ def contrastive_loss(model: Contrastive, xa: Tensor, xb: Tensor) -> Tensor:
     if model.loss == "vicreg":
         return vicreg(pa, pb)
     return nt_xent(pa, pb, model.temperature)
+
+
+def _augmented_pairs_loss(model: Contrastive, x: Tensor) -> Tensor:
+    """:func:`contrastive_loss` of two augmentations of the same images ``(b, *x_shape)`` (a stream of ``x`` alone)."""
+    return contrastive_loss(model, x, x)
+
+
+def _pooled_moments(mean_a: float, std_a: float, mean_b: float, std_b: float, count: int) -> tuple[float, float]:
+    """Mean and standard deviation (ddof 1) of two samples of ``count`` values each, pooled (Chan's update)."""
+    delta = mean_b - mean_a
+    m2 = (std_a**2 + std_b**2) * (count - 1) + delta**2 * count / 2
+    return mean_a + delta / 2, math.sqrt(m2 / max(2 * count - 1, 1))
 
 
 class Contrastive(Compressor):
@@ -163,17 +177,20 @@ class Contrastive(Compressor):
         progress: bool = True,
         checkpoint: str | Path | None = None,
         resume: bool = False,
+        memory_limit_gb: float | None = 4.0,
     ) -> Contrastive:
         """Train on positive pairs with :func:`sbikit.train.fit`.
 
         Args:
-            x: images ``(n, *x_shape)``.
+            x: images ``(n, *x_shape)``: numpy, torch, or an array on disk such as
+                ``sbikit.open_store(path).x``.
             theta: ignored (pairs, not labels, carry the information); accepted for the
                 common interface.
             x_pair: optional second simulations ``(n, *x_shape)`` with the same parameters as
                 ``x`` row by row: the positive pairs are then ``(x[i], x_pair[i])`` (each view
                 also augmented when ``augment`` is set). Without it the pairs are two
-                augmentations of ``x[i]``.
+                augmentations of ``x[i]``. May be an array on disk too; with arrays on disk,
+                rows where ``x`` or ``x_pair`` holds NaN or inf are dropped with a warning.
             seed: initial weights, augmentations, validation split and batch order.
             batch_size: pairs per step; NT-Xent contrasts each pair against the other
                 ``2 (batch_size - 1)`` views, so larger batches give more negatives.
@@ -183,23 +200,45 @@ class Contrastive(Compressor):
             checkpoint: file written atomically after every epoch; with ``resume=True`` a
                 killed fit continues from it (see :func:`sbikit.train.fit`).
             resume: continue from ``checkpoint`` when it exists.
+            memory_limit_gb: arrays on disk larger than this (as float32, ``x`` and
+                ``x_pair`` together) are streamed in shuffled buffers of chunks (the
+                standardisation from one streaming pass) instead of read into memory; ``0``
+                always streams, ``None`` never does.
 
         Returns:
             self.
         """
-        xt = self._start_fit(x, seed=seed)
-        if x_pair is None:
-            if self.augment is None:
-                raise ValueError("with augment=None the positive pairs must be given: fit(x, x_pair=...)")
-            xb = xt
+        if x_pair is None and self.augment is None:
+            raise ValueError("with augment=None the positive pairs must be given: fit(x, x_pair=...)")
+        arrays, streamed = self._fit_inputs({"x": x, "x_pair": x_pair}, memory_limit_gb=memory_limit_gb)
+        x, x_pair = arrays["x"], arrays["x_pair"]
+        loss_fn = contrastive_loss
+        data: tuple[Tensor, Tensor] | StreamingData
+        if streamed:
+            pair = {} if x_pair is None else {"x_pair": (x_pair, None)}
+            data = self._start_streamed_fit(x, pair, seed=seed)
+            moments = self._streamed_moments(data, ["x", *pair], pooled=[True] * (1 + len(pair)), stacklevel=3)
+            mean, std = float(moments[0][0]), float(moments[0][1])
+            if x_pair is None:
+                loss_fn = _augmented_pairs_loss  # the stream holds x alone; both views come from it
+            else:  # one mean and scale for x and x_pair together, as in memory
+                assert self.x_shape is not None
+                count = moments[0][2] * math.prod(self.x_shape)
+                mean, std = _pooled_moments(mean, std, float(moments[1][0]), float(moments[1][1]), count)
+            self._set_standardization_values(mean, std)
         else:
-            xb, _ = self._check_x(x_pair, "x_pair")
-            if len(xb) != len(xt):
-                raise ValueError(f"x_pair must have as many rows as x ({len(xt)}), got {len(xb)}")
-        self._set_standardization(torch.cat([xt, xb]) if x_pair is not None else xt)
+            xt = self._start_fit(x, seed=seed)
+            if x_pair is None:
+                xb = xt
+            else:
+                xb, _ = self._check_x(x_pair, "x_pair")
+                if len(xb) != len(xt):
+                    raise ValueError(f"x_pair must have as many rows as x ({len(xt)}), got {len(xb)}")
+            self._set_standardization(torch.cat([xt, xb]) if x_pair is not None else xt)
+            data = (xt, xb)
         self._train(
-            contrastive_loss,
-            (xt, xb),
+            loss_fn,
+            data,
             seed=seed,
             device=device,
             description=f"Contrastive ({self.loss})",

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from sbikit.compressors.base import Compressor
 from sbikit.compressors.cnn import DEFAULT_CHANNELS, ConvEncoder
+from sbikit.train import StreamingData
 from sbikit.utils import as_float_tensor
 
 __all__ = ["Regression", "regression_loss"]
@@ -76,12 +77,16 @@ class Regression(Compressor):
         progress: bool = True,
         checkpoint: str | Path | None = None,
         resume: bool = False,
+        memory_limit_gb: float | None = 4.0,
     ) -> Regression:
         """Train the CNN to predict ``theta`` with :func:`sbikit.train.fit`.
 
         Args:
-            x: images ``(n, *x_shape)``.
-            theta: parameters ``(n, d)`` (required).
+            x: images ``(n, *x_shape)``: numpy, torch, or an array on disk such as
+                ``sbikit.open_store(path).x``.
+            theta: parameters ``(n, d)`` (required); numpy, torch or an array on disk
+                (``store.theta``). With arrays on disk, rows whose ``x`` or ``theta`` holds
+                NaN or inf are dropped with a warning that counts them.
             seed: initial weights, validation split and batch order.
             batch_size, learning_rate, max_epochs, validation_fraction, patience, progress:
                 passed to :func:`sbikit.train.fit`.
@@ -89,31 +94,25 @@ class Regression(Compressor):
             checkpoint: file written atomically after every epoch; with ``resume=True`` a
                 killed fit continues from it (see :func:`sbikit.train.fit`).
             resume: continue from ``checkpoint`` when it exists.
+            memory_limit_gb: arrays on disk larger than this (as float32, ``x`` and
+                ``theta`` together) are streamed in shuffled buffers of chunks (the
+                standardisation of ``x`` and ``theta`` from one streaming pass) instead of
+                read into memory; ``0`` always streams, ``None`` never does.
 
         Returns:
             self.
         """
         if theta is None:
             raise ValueError("Regression needs theta: fit(x, theta) with theta of shape (n, d)")
-        th = as_float_tensor(theta, "theta")
-        if th.ndim == 1:
-            th = th[:, None]
-        if th.ndim != 2:
-            raise ValueError(f"theta must have shape (n, d), got {tuple(th.shape)}")
-        if self.num_summaries is not None and th.shape[1] != self.num_summaries:
-            raise ValueError(f"theta has {th.shape[1]} columns but num_summaries={self.num_summaries}")
-        if not bool(torch.isfinite(th).all()):
-            raise ValueError("theta holds NaN or inf; parameters must be finite")
-        xt = self._start_fit(x, seed=seed, num_summaries=int(th.shape[1]))
-        if len(th) != len(xt):
-            raise ValueError(f"x and theta need the same number of rows, got {len(xt)} and {len(th)}")
-        self._set_standardization(xt)
-        std = th.std(0)
-        self.theta_shift.copy_(th.mean(0))
-        self.theta_scale.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)))
+        arrays, streamed = self._fit_inputs({"x": x, "theta": theta}, memory_limit_gb=memory_limit_gb)
+        data: tuple[Tensor, Tensor] | StreamingData
+        if streamed:
+            data = self._start_streamed_regression(arrays["x"], arrays["theta"], seed=seed)
+        else:
+            data = self._start_regression(arrays["x"], arrays["theta"], seed=seed)
         self._train(
             regression_loss,
-            (xt, th),
+            data,
             seed=seed,
             device=device,
             description="Regression",
@@ -127,6 +126,44 @@ class Regression(Compressor):
             resume=resume,
         )
         return self
+
+    def _theta_columns(self, shape: tuple[int, ...]) -> int:
+        """``d`` from the shape of ``theta`` ``(n, d)`` or ``(n,)``, checked against ``num_summaries``."""
+        if len(shape) not in (1, 2):
+            raise ValueError(f"theta must have shape (n, d), got {shape}")
+        d = 1 if len(shape) == 1 else int(shape[1])
+        if self.num_summaries is not None and d != self.num_summaries:
+            raise ValueError(f"theta has {d} columns but num_summaries={self.num_summaries}")
+        return d
+
+    def _start_regression(self, x: Any, theta: Any, *, seed: int | None) -> tuple[Tensor, Tensor]:
+        """In-memory data: checks, networks, standardisation of ``x`` and ``theta``; -> ``(x, theta)``."""
+        th = as_float_tensor(theta, "theta")
+        if th.ndim == 1:
+            th = th[:, None]
+        self._theta_columns(tuple(th.shape))
+        if not bool(torch.isfinite(th).all()):
+            raise ValueError("theta holds NaN or inf; parameters must be finite")
+        xt = self._start_fit(x, seed=seed, num_summaries=int(th.shape[1]))
+        if len(th) != len(xt):
+            raise ValueError(f"x and theta need the same number of rows, got {len(xt)} and {len(th)}")
+        self._set_standardization(xt)
+        std = th.std(0)
+        self.theta_shift.copy_(th.mean(0))
+        self.theta_scale.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)))
+        return xt, th
+
+    def _start_streamed_regression(self, x: Any, theta: Any, *, seed: int | None) -> StreamingData:
+        """Streamed data: checks, networks, and both standardisations from one pass; -> the stream."""
+        d = self._theta_columns(tuple(int(s) for s in theta.shape))
+        data = self._start_streamed_fit(x, {"theta": (theta, (d,))}, seed=seed, num_summaries=d)
+        (x_mean, x_std, _), (t_mean, t_std, _) = self._streamed_moments(
+            data, ["x", "theta"], pooled=[True, False], stacklevel=4
+        )
+        self._set_standardization_values(float(x_mean), float(x_std))
+        self.theta_shift.copy_(t_mean.float())
+        self.theta_scale.copy_(torch.where(t_std > 1e-12, t_std, torch.ones_like(t_std)).float())
+        return data
 
     def _encode(self, xs: Tensor) -> Tensor:
         return self.network(xs) * self.theta_scale + self.theta_shift

@@ -104,11 +104,14 @@ class VAE(Compressor):
         progress: bool = True,
         checkpoint: str | Path | None = None,
         resume: bool = False,
+        memory_limit_gb: float | None = 4.0,
     ) -> VAE:
         """Train by maximising the ELBO (:func:`vae_loss`) with :func:`sbikit.train.fit`.
 
         Args:
-            x: images ``(n, *x_shape)``.
+            x: images ``(n, *x_shape)``: numpy, torch, or an array on disk such as
+                ``sbikit.open_store(path).x`` (rows with NaN or inf are then dropped with a
+                warning that counts them).
             theta: ignored (unsupervised); accepted for the common interface.
             seed: initial weights, reparameterisation noise, validation split and batch order.
             batch_size, learning_rate, max_epochs, validation_fraction, patience, progress:
@@ -117,15 +120,17 @@ class VAE(Compressor):
             checkpoint: file written atomically after every epoch; with ``resume=True`` a
                 killed fit continues from it (see :func:`sbikit.train.fit`).
             resume: continue from ``checkpoint`` when it exists.
+            memory_limit_gb: arrays on disk larger than this (as float32) are streamed in
+                shuffled buffers of chunks (the standardisation from one streaming pass)
+                instead of read into memory; ``0`` always streams, ``None`` never does.
 
         Returns:
             self; ``self.history.train_loss`` is the negative ELBO per image per epoch.
         """
-        xt = self._start_fit(x, seed=seed)
-        self._set_standardization(xt)
+        data = self._image_data(x, seed=seed, memory_limit_gb=memory_limit_gb)
         self._train(
             vae_loss,
-            (xt,),
+            data,
             seed=seed,
             device=device,
             description="VAE",
