@@ -587,12 +587,18 @@ def test_streamed_fit_errors(grf_store, zarr, tmp_path) -> None:
     with pytest.raises(ValueError, match="every one of the 8 rows holds NaN or inf"):
         AutoEncoder(4, channels=SMALL).fit(disk("nan.zarr", np.full((8, 16, 16), np.nan)), **STREAM)
     # PCA streams at most 64 x 64 = 4096 features; a 65 x 65 store must be fitted in memory.
-    big = disk("big.zarr", np.random.default_rng(0).normal(size=(8, 65, 65)))
+    rng = np.random.default_rng(0)
+    big = disk("big.zarr", rng.normal(size=(8, 65, 65)))
     with pytest.raises(ValueError, match=r"PCA cannot stream data of 4225 features.*memory_limit_gb=None"):
         PCA(3).fit(big, device="cpu", memory_limit_gb=0)
     assert PCA(3).fit(big, device="cpu", memory_limit_gb=None).is_fitted  # the control: in memory it fits
+    # Rank 2 data: a third streamed component is a rounding-level eigenvalue and is refused.
+    rank2 = disk("rank2.zarr", (rng.normal(size=(40, 2)) @ rng.normal(size=(2, 16))).reshape(40, 4, 4))
+    with pytest.raises(ValueError, match="fewer non-constant directions"):
+        PCA(3).fit(rank2, device="cpu", memory_limit_gb=0)
+    assert PCA(2).fit(rank2, device="cpu", memory_limit_gb=0).is_fitted  # the control
     with pytest.raises(ValueError, match="needs at least 5 data sets"):
-        PCA(4).fit(disk("few.zarr", np.random.default_rng(0).normal(size=(4, 4, 4))), device="cpu", memory_limit_gb=0)
+        PCA(4).fit(disk("few.zarr", rng.normal(size=(4, 4, 4))), device="cpu", memory_limit_gb=0)
 
 
 @pytest.mark.gpu

@@ -211,11 +211,15 @@ class Compressor(nn.Module):
             simulator output), dropped with a warning that counts them.
 
         Raises:
-            ValueError: when the arrays have different numbers of rows.
+            ValueError: when the arrays have different numbers of rows, or every row read
+                into memory holds NaN or inf.
         """
         given = {k: v for k, v in arrays.items() if v is not None}
         if not any(is_out_of_core(v) for v in given.values()):
             return arrays, False
+        for name, value in given.items():  # lists and the like next to an array on disk
+            if not (is_out_of_core(value) or isinstance(value, (np.ndarray, Tensor))):
+                given[name] = as_float_tensor(value, name)
         n = int(given["x"].shape[0])
         for name, value in given.items():
             if int(value.shape[0]) != n:
@@ -239,6 +243,7 @@ class Compressor(nn.Module):
 
     @staticmethod
     def _warn_dropped(dropped: int, n: int, names: list[str], *, stacklevel: int) -> None:
+        """Warn that ``dropped`` of ``n`` rows were non-finite in ``names``; raise when all of them were."""
         if dropped == n:
             raise ValueError(
                 f"every one of the {n} rows holds NaN or inf in {' or '.join(names)} (chunks of the store not "

@@ -120,7 +120,11 @@ class PCA(Compressor):
         return self
 
     def _fit_streamed(self, x: Any, *, device: str | torch.device) -> PCA:
-        """One pass over ``x`` on disk: mean and scatter matrix in float64, then ``eigh``."""
+        """One pass over ``x`` on disk: mean and scatter matrix in float64, then ``eigh``.
+
+        No ``torch.no_grad`` decorator (nothing here needs a gradient): its wrapper frame would
+        shift the dropped-rows warning off the user's ``fit`` call.
+        """
         shape = tuple(int(s) for s in x.shape)
         dim = math.prod(shape[1:]) if self.x_shape is None else math.prod(self.x_shape)
         if dim > MAX_STREAMED_FEATURES:
