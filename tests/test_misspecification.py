@@ -189,3 +189,14 @@ def test_image_posterior_check_sees_the_noise_level(tmp_path) -> None:
     post.save(tmp_path / "img.pt")
     loaded = sbikit.load(tmp_path / "img.pt")
     assert torch.equal(loaded.check_observation(x[:20]).p_value, post.check_observation(x[:20]).p_value)
+
+
+@pytest.mark.parametrize("features", [1, 2, 4, 9])
+def test_residual_statistic_on_few_features(features: int) -> None:
+    from sbikit.density import ResidualStatistic
+
+    x = torch.randn(50, features, generator=torch.Generator().manual_seed(0))
+    res = ResidualStatistic.fit(x)
+    assert res.components.shape == (features, min(8, features - 1))
+    out = res(x)
+    assert out.shape == (50, 1) and bool(torch.isfinite(out).all())

@@ -127,11 +127,14 @@ class ResidualStatistic:
     def fit(cls, x: Tensor, *, num_components: int = 8, seed: int | None = 0) -> ResidualStatistic:
         """Principal directions of ``x`` ``(n, *shape)`` (flattened), ``n > num_components``."""
         flat = x.reshape(len(x), -1).float()
-        k = min(int(num_components), flat.shape[1] - 1, len(flat) - 1)
+        n, p = flat.shape
+        k = max(0, min(int(num_components), p - 1, n - 1))
         mean = flat.mean(0)
+        if k == 0:  # one feature (or one row): the residual is all of x - mean
+            return cls(mean, flat.new_zeros(p, 0))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0 if seed is None else int(seed))
-            _, _, v = torch.pca_lowrank(flat - mean, q=k + 4, center=False, niter=4)
+            _, _, v = torch.pca_lowrank(flat - mean, q=min(k + 4, n, p), center=False, niter=4)
         return cls(mean, v[:, :k])
 
     def __call__(self, x: Tensor) -> Tensor:
