@@ -27,6 +27,11 @@ Usage::
     python benchmarks/emulators.py --quick            # smoke run, seconds
     python benchmarks/emulators.py --report benchmarks/results/emulators.jsonl
 
+Run time on a 2-core x86 CPU (one thread, shared): the CVAE part 34 min (compressor 2.5 min,
+50,000 simulations 1 min, three NPEs on 50,000 rows 5.5 min each, CVAE fit 2 min, fidelity and
+C2STs the rest); the WGAN adds about 25 min (100 epochs at ~9 s, its NPE and C2STs); the
+``--quick`` smoke run takes ~30 s.
+
 Records are appended as each stage finishes (one line per emulator and stage), so an
 interrupted run keeps what it did.
 """
