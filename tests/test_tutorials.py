@@ -29,6 +29,7 @@ EXPECTED_FIGURES: dict[str, list[str]] = {
     "03_calibration.py": ["ranks_0.png", "coverage_0.png", "tarp_0.png", "two_moons_vs_exact.png"],
     "07_scaling.py": ["scaling_corner.png", "scaling_loss.png"],
     "04_image_compression.py": ["grf_examples.png", "latent_spaces.png", "vae_gmm_galaxies.png", "grf_posteriors.png"],
+    "05_emulators.py": ["emulated_vs_simulated.png", "power_spectra.png", "npe_emulated_vs_real.png"],
     "06_anomalies.py": ["anomaly_examples.png", "roc_curves.png", "threshold.png"],
 }
 
