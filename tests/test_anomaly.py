@@ -353,8 +353,11 @@ def test_wgan_score_combines_and_detects(linear_score) -> None:
     lam = score.lam
     torch.testing.assert_close(score.score(normal), lam * g / g0 + (1 - lam) * c / c0)
     assert abs(float((g / g0).median()) - 1) < 0.2  # G_0 is the median of G on normal data
-    # Scores do not depend on the batch an input is scored with.
-    torch.testing.assert_close(score.score(normal[:5]), score.score(normal)[:5], rtol=1e-5, atol=1e-6)
+    # Scores do not depend on the batch an input is scored with (each z is optimised on its
+    # own). Multi-threaded BLAS sums in a batch-size-dependent order, and 300 float32 Adam
+    # steps carry that rounding to ~1e-4 relative (measured 4e-5 with 2 threads); a real
+    # coupling between inputs would move scores by O(1).
+    torch.testing.assert_close(score.score(normal[:5]), score.score(normal)[:5], rtol=1e-3, atol=1e-5)
     torch.testing.assert_close(score.score(normal[0]), score.score(normal[:1]))
     # Points moved off the plane score higher; fresh normal points do not (control).
     a = wgan.A.detach()
