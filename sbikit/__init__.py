@@ -32,7 +32,19 @@ logging.getLogger("sbikit").addHandler(logging.NullHandler())
 
 def __getattr__(name: str) -> object:
     # Heavier submodules (matplotlib, scikit-learn) load on first use: sbikit.plots, sbikit.diagnostics.
-    if name in {"plots", "diagnostics", "cli", "config", "flows", "train", "utils", "mcmc", "compressors", "density", "emulators"}:
+    if name in {
+        "plots",
+        "diagnostics",
+        "cli",
+        "config",
+        "flows",
+        "train",
+        "utils",
+        "mcmc",
+        "compressors",
+        "density",
+        "emulators",
+    }:
         import importlib
 
         return importlib.import_module(f"sbikit.{name}")
