@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["resolve_device", "as_float_tensor", "drop_nonfinite_rows", "check_x_shape", "prepare_training_pairs"]
+__all__ = [
+    "resolve_device",
+    "as_float_tensor",
+    "drop_nonfinite_rows",
+    "check_x_shape",
+    "prepare_training_pairs",
+    "save_payload",
+    "load_payload",
+]
 
 logger = logging.getLogger("sbikit")
 
@@ -121,3 +132,58 @@ def prepare_training_pairs(prior: Any, theta: Any, x: Any, *, stacklevel: int = 
     th, xt = drop_nonfinite_rows(th, xt, stacklevel=stacklevel + 1)
     prior.check_support(th)
     return th, xt
+
+
+# -- model files ------------------------------------------------------------------------------------
+def save_payload(payload: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """``torch.save`` ``payload`` atomically: a temporary file in the same folder, then a rename.
+
+    An interrupted save leaves the old file (or none), never a torn one. The file gets the
+    usual read permissions (mkstemp's files are private).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_payload(path: str | os.PathLike[str], *, fmt: str, version: int, what: str) -> dict[str, Any]:
+    """Read a file written by :func:`save_payload` as weights only, checking its format tag and version.
+
+    Args:
+        path: the file.
+        fmt: the expected ``payload["format"]``.
+        version: the newest format version this sbikit reads.
+        what: the kind of file, for messages (``"posterior"``, ``"compressor"``...).
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        ValueError: when the file cannot be read as weights only, is not of format ``fmt``,
+            or was written by a newer sbikit.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} file at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for foreign or hostile files
+        raise ValueError(
+            f"{path} is not an sbikit {what} file (it could not be read as weights only: "
+            f"{type(err).__name__}); sbikit never unpickles code from a file"
+        ) from err
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise ValueError(f"{path} is not an sbikit {what} file")
+    if int(payload.get("version", 0)) > version:
+        raise ValueError(f"{path} was written by a newer sbikit (format version {payload['version']})")
+    return payload

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from sbikit.train import FitResult, StreamingData, fit, is_out_of_core, running_moments, stream_or_load
-from sbikit.utils import as_float_tensor, resolve_device
+from sbikit.utils import as_float_tensor, load_payload, resolve_device, save_payload
 
 __all__ = ["Compressor", "FrozenEmbedding", "load_compressor", "FORMAT"]
 
@@ -456,7 +455,6 @@ class Compressor(nn.Module):
         """Write the compressor to ``path`` atomically (a temporary file, then a rename)."""
         if not self.is_fitted:
             raise RuntimeError(f"{type(self).__name__} is not fitted: there is nothing to save")
-        path = Path(path)
         payload = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -464,17 +462,7 @@ class Compressor(nn.Module):
             "history": json.dumps(self.history.to_dict() if self.history is not None else None),
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return save_payload(payload, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Compressor:
@@ -579,19 +567,7 @@ def load_compressor(path: str | os.PathLike[str], device: str | torch.device = "
         FileNotFoundError: when ``path`` does not exist.
         ValueError: when the file is not an sbikit compressor file.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no compressor file at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for foreign or hostile files
-        raise ValueError(
-            f"{path} is not an sbikit compressor file (it could not be read as weights only: {type(err).__name__})"
-        ) from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an sbikit compressor file")
-    if int(payload.get("version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{path} was written by a newer sbikit (format version {payload['version']})")
+    payload = load_payload(path, fmt=FORMAT, version=FORMAT_VERSION, what="compressor")
     comp = _compressor_from_config(json.loads(payload["config"]))
     comp.load_state_dict(payload["state_dict"])
     history = json.loads(payload.get("history") or "null")

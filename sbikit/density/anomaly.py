@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from torch import Tensor, nn
 from sbikit.compressors.cnn import DEFAULT_CHANNELS, ConvEncoder
 from sbikit.compressors.pca import PCA
 from sbikit.train import FitResult, fit
-from sbikit.utils import as_float_tensor, resolve_device
+from sbikit.utils import as_float_tensor, load_payload, resolve_device, save_payload
 
 __all__ = [
     "AnomalyScore",
@@ -806,7 +805,7 @@ class WGANAnomalyScore(AnomalyScore):
             "history": json.dumps(self.history.to_dict() if self.history is not None else None),
             "state_dict": {k: v.detach().cpu() for k, v in enc.state_dict().items()},
         }
-        return _atomic_save(payload, Path(path))
+        return save_payload(payload, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], wgan: Any, *, device: str | torch.device = "cpu") -> WGANAnomalyScore:
@@ -816,7 +815,7 @@ class WGANAnomalyScore(AnomalyScore):
             FileNotFoundError: when ``path`` does not exist.
             ValueError: for a file that is not such a score, or a WGAN of another shape.
         """
-        payload = _atomic_load(Path(path), _WGAN_FORMAT, "WGAN anomaly score")
+        payload = load_payload(path, fmt=_WGAN_FORMAT, version=_FORMAT_VERSION, what="WGAN anomaly score")
         cfg = json.loads(payload["config"])
         if tuple(cfg["x_shape"]) != tuple(int(s) for s in wgan.x_shape) or int(cfg["latent_dim"]) != int(
             wgan.latent_dim
@@ -852,36 +851,3 @@ class WGANAnomalyScore(AnomalyScore):
             f"WGANAnomalyScore(lam={self.lam}, num_steps={self.num_steps}, lr={self.lr}, "
             f"latent_dim={self.latent_dim}, fitted={self.encoder is not None})"
         )
-
-
-# -- files --------------------------------------------------------------------------------------------
-def _atomic_save(payload: dict[str, Any], path: Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
-def _atomic_load(path: Path, fmt: str, what: str) -> dict[str, Any]:
-    """Read a file written by :func:`_atomic_save` as weights only, checking its format tag."""
-    if not path.exists():
-        raise FileNotFoundError(f"no {what} file at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for foreign or hostile files
-        raise ValueError(
-            f"{path} is not an sbikit {what} file (unreadable as weights only: {type(err).__name__})"
-        ) from err
-    if not isinstance(payload, dict) or payload.get("format") != fmt:
-        raise ValueError(f"{path} is not an sbikit {what} file")
-    if int(payload.get("version", 0)) > _FORMAT_VERSION:
-        raise ValueError(f"{path} was written by a newer sbikit (format version {payload['version']})")
-    return payload

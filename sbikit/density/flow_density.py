@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from sbikit.density.anomaly import AnomalyScore, _atomic_load, _atomic_save
+from sbikit.density.anomaly import _FORMAT_VERSION, AnomalyScore
 from sbikit.flows import ConditionalFlow, FlowConfig, build_flow
 from sbikit.priors import make_generator
 from sbikit.train import FitResult, fit
-from sbikit.utils import as_float_tensor, resolve_device
+from sbikit.utils import as_float_tensor, load_payload, resolve_device, save_payload
 
 if TYPE_CHECKING:
     from sbikit.inference.npe import TrainingRecipe
@@ -292,12 +292,12 @@ class FlowDensity(AnomalyScore):
         }
         payload = {
             "format": _FORMAT,
-            "version": 1,
+            "version": _FORMAT_VERSION,
             "config": json.dumps(config),
             "history": json.dumps(self.history.to_dict() if self.history is not None else None),
             "state_dict": {k: v.detach().cpu() for k, v in flow.state_dict().items()},
         }
-        return _atomic_save(payload, Path(path))
+        return save_payload(payload, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> FlowDensity:
@@ -319,7 +319,7 @@ def load_density(path: str | os.PathLike[str], device: str | torch.device = "cpu
         ValueError: when the file is not an sbikit density file, or names a class that is not
             a :class:`FlowDensity`.
     """
-    payload = _atomic_load(Path(path), _FORMAT, "density")
+    payload = load_payload(path, fmt=_FORMAT, version=_FORMAT_VERSION, what="density")
     cfg = json.loads(payload["config"])
     module_name, _, qualname = str(cfg.get("class", "")).partition(":")
     obj: Any = importlib.import_module(module_name) if module_name else None

@@ -24,7 +24,6 @@ import importlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from sbikit.priors import make_generator, prior_from_config
-from sbikit.utils import as_float_tensor, resolve_device
+from sbikit.utils import as_float_tensor, load_payload, resolve_device, save_payload
 
 __all__ = ["Emulator", "load_emulator", "FORMAT", "mlp"]
 
@@ -427,7 +426,6 @@ class Emulator(nn.Module):
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the emulator to ``path`` atomically (a temporary file, then a rename)."""
         self._require_fitted("save(path)")
-        path = Path(path)
         history = self.history.to_dict() if self.history is not None else None
         payload = {
             "format": FORMAT,
@@ -436,17 +434,7 @@ class Emulator(nn.Module):
             "history": json.dumps(history),
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return save_payload(payload, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Emulator:
@@ -496,19 +484,7 @@ def load_emulator(path: str | os.PathLike[str], device: str | torch.device = "cp
         FileNotFoundError: when ``path`` does not exist.
         ValueError: when the file is not an sbikit emulator file.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no emulator file at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for foreign or hostile files
-        raise ValueError(
-            f"{path} is not an sbikit emulator file (it could not be read as weights only: {type(err).__name__})"
-        ) from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an sbikit emulator file")
-    if int(payload.get("version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{path} was written by a newer sbikit (format version {payload['version']})")
+    payload = load_payload(path, fmt=FORMAT, version=FORMAT_VERSION, what="emulator")
     emu = _emulator_from_config(json.loads(payload["config"]))
     emu.load_state_dict(payload["state_dict"])
     history = json.loads(payload.get("history") or "null")

@@ -16,7 +16,6 @@ import importlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from torch import Tensor, nn
 from sbikit.density.misspecification import WARN_P_VALUE, ObservationCheck, OutOfDistributionWarning, TypicalityCheck
 from sbikit.flows import ConditionalFlow, FlowConfig
 from sbikit.priors import Prior, make_generator, prior_from_config
-from sbikit.utils import as_float_tensor, check_x_shape, resolve_device
+from sbikit.utils import as_float_tensor, check_x_shape, load_payload, resolve_device, save_payload
 
 __all__ = ["TrainedFlowModel", "FlowPosterior", "load", "FORMAT"]
 
@@ -146,7 +145,6 @@ class TrainedFlowModel:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model to ``path`` (atomically: a temporary file, then a rename)."""
-        path = Path(path)
         payload = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -156,17 +154,7 @@ class TrainedFlowModel:
         }
         if self.typicality is not None:
             payload["typicality"] = self.typicality.state()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(payload, tmp)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return save_payload(payload, path)
 
     def __repr__(self) -> str:
         return (
@@ -374,20 +362,7 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Fl
         FileNotFoundError: when ``path`` does not exist.
         ValueError: when the file is not an sbikit posterior.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no posterior file at {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for foreign or hostile files
-        raise ValueError(
-            f"{path} is not an sbikit posterior file (it could not be read as weights only: "
-            f"{type(err).__name__}); sbikit never unpickles code from a file"
-        ) from err
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an sbikit posterior file")
-    if int(payload.get("version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{path} was written by a newer sbikit (format version {payload['version']})")
+    payload = load_payload(path, fmt=FORMAT, version=FORMAT_VERSION, what="posterior")
     cfg = json.loads(payload["config"])
     state = payload.get("typicality")
     typicality = None if state is None else TypicalityCheck.from_state(state)
