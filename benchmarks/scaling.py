@@ -18,6 +18,11 @@ Three measurements, all seeded:
 3. **CNN-embedding NPE** on ``--num-images`` 64 x 64 images of a Gaussian blob
    (``BlobImages`` below: centre, width and amplitude; pixel noise), simulated into a store,
    trained in memory and streamed, with a small convolutional embedding.
+4. **Emulators** (``ConditionalVAE``, ``ConditionalWGAN``, library defaults) trained for
+   ``--emulator-epochs`` epochs on ``--emulator-images`` blob images from a store, read into
+   memory and streamed; each fit runs in a fresh process (``spawn``), which reports its
+   training time and its peak resident memory (``ru_maxrss``), so the memory figures of
+   the two modes do not mix.
 
 ``--device cuda`` runs the training parts on a GPU as well (data moved once in memory,
 pinned-memory copies per buffer when streamed); without CUDA the GPU rows are recorded as
@@ -26,6 +31,7 @@ not available.
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/scaling.py --out benchmarks/results/scaling.jsonl
+    OMP_NUM_THREADS=1 python benchmarks/scaling.py --parts emulators --out benchmarks/results/scaling.jsonl
     python benchmarks/scaling.py --report benchmarks/results/scaling.jsonl
 """
 
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -218,6 +225,48 @@ def bench_training(
         )
 
 
+def _emulator_child(kind: str, store_path: str, limit: float | None, epochs: int, device: str) -> dict:
+    """Fit one emulator in this (fresh) process; -> training time and peak RSS of the process."""
+    import resource
+
+    torch.set_num_threads(1)
+    from sbikit.emulators import ConditionalVAE, ConditionalWGAN
+
+    store = sbikit.open_store(store_path)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
+    emu = ConditionalVAE() if kind == "cvae" else ConditionalWGAN()
+    kw = {"patience": 10**6} if kind == "cvae" else {}
+    start = time.perf_counter()
+    emu.fit(store.theta, store.x, seed=0, max_epochs=epochs, device=device, memory_limit_gb=limit, progress=False, **kw)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"train_s": seconds, "peak_rss_mb": peak, "rss_before_fit_mb": base, "epochs": emu.history.epochs}
+
+
+def bench_emulators(store: sbikit.SimulationStore, args: argparse.Namespace, device: str, out: Path | None) -> None:
+    nbytes = 4 * int(np.prod(store.x.shape))
+    ctx = multiprocessing.get_context("spawn")
+    for kind, name in (("cvae", "ConditionalVAE"), ("wgan", "ConditionalWGAN")):
+        for mode, limit in (("in memory", None), ("streamed", 0)):
+            with ctx.Pool(1) as pool:
+                res = pool.apply(_emulator_child, (kind, str(store.path), limit, args.emulator_epochs, device))
+            n = store.num_simulations
+            n_train = n - max(1, round(0.1 * n))
+            emit(
+                {
+                    "part": "emulator",
+                    "model": name,
+                    "mode": mode,
+                    "device": device,
+                    "n": n,
+                    "data_mb": nbytes / 2**20,
+                    "rows_per_s": res["epochs"] * n_train / res["train_s"],
+                    **res,
+                },
+                out,
+            )
+
+
 def report(paths: list[Path]) -> str:
     rows = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
     lines = [
@@ -244,6 +293,18 @@ def report(paths: list[Path]) -> str:
             )
         if r["part"] == "gpu":
             lines.append(f"| {r['model']} | - | cuda | - | - | - | {r['note']} | - |")
+    emulators = [r for r in rows if r["part"] == "emulator"]
+    if emulators:
+        lines += [
+            "",
+            "| emulator | data | device | images (MB as float32) | epochs | train s | rows/s | peak RSS (MB) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in emulators:
+            lines.append(
+                f"| {r['model']} | {r['mode']} | {r['device']} | {r['n']} ({r['data_mb']:.0f}) | {r['epochs']} | "
+                f"{r['train_s']:.1f} | {r['rows_per_s']:.0f} | {r['peak_rss_mb']:.0f} |"
+            )
     return "\n".join(lines)
 
 
@@ -255,6 +316,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--wait", type=float, default=0.5, help="seconds the waiting simulator sleeps per chunk")
     parser.add_argument("--num-images", type=int, default=5_000)
+    parser.add_argument("--emulator-images", type=int, default=20_000)
+    parser.add_argument("--emulator-epochs", type=int, default=1)
+    parser.add_argument(
+        "--parts", nargs="+", default=["simulate", "train", "emulators"], choices=["simulate", "train", "emulators"]
+    )
     parser.add_argument("--device", nargs="+", default=["cpu"], help="cpu and/or cuda")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--report", type=Path, nargs="+")
@@ -266,20 +332,28 @@ def main() -> None:
     print(f"# {machine()}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="sbikit_scaling_"))
     try:
-        ref = sbikit.open_store(bench_simulation(args, work, args.out))
         image_sim = BlobImages()
-        start = time.perf_counter()
-        images = sbikit.simulate(
-            image_sim, args.num_images, store=work / "blobs.zarr", chunk_size=500, seed=0, progress=False
-        )
-        print(f"# {args.num_images} images simulated in {time.perf_counter() - start:.1f} s", flush=True)
+        if "simulate" in args.parts or "train" in args.parts:
+            ref = sbikit.open_store(bench_simulation(args, work, args.out))
+            start = time.perf_counter()
+            images = sbikit.simulate(
+                image_sim, args.num_images, store=work / "blobs.zarr", chunk_size=500, seed=0, progress=False
+            )
+            print(f"# {args.num_images} images simulated in {time.perf_counter() - start:.1f} s", flush=True)
+        if "emulators" in args.parts:
+            emu_images = sbikit.simulate(
+                image_sim, args.emulator_images, store=work / "emu_blobs.zarr", chunk_size=500, seed=1, progress=False
+            )
         for device in args.device:
             if device.startswith("cuda") and not torch.cuda.is_available():
-                for model in ("NPE (MAF)", "NPE + CNN"):
+                for model in ("NPE (MAF)", "NPE + CNN", "emulators"):
                     emit({"part": "gpu", "model": model, "note": "no GPU on this machine"}, args.out)
                 continue
-            bench_training("NPE (MAF)", simulators.get("supernova").prior, ref, None, args, device, args.out)
-            bench_training("NPE + CNN", image_sim.prior, images, SmallCNN, args, device, args.out)
+            if "train" in args.parts:
+                bench_training("NPE (MAF)", simulators.get("supernova").prior, ref, None, args, device, args.out)
+                bench_training("NPE + CNN", image_sim.prior, images, SmallCNN, args, device, args.out)
+            if "emulators" in args.parts:
+                bench_emulators(emu_images, args, device, args.out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.out:

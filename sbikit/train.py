@@ -454,7 +454,8 @@ class StreamingData:
         transform: maps the raw rows of a block (numpy, one array per entry of ``arrays``)
             to the tensors ``loss_fn`` takes; it may drop rows (e.g. non-finite ones) but
             must drop the same rows from every tensor. Default: float32 tensors.
-        block_rows: rows per read; default the arrays' chunk length along rows (or 4096).
+        block_rows: rows per read; default the chunk length along rows of the first array
+            that has chunks (or 4096).
         buffer_blocks: blocks shuffled together; more mixes batches better, costs memory.
 
     Attributes:
@@ -479,9 +480,9 @@ class StreamingData:
                 raise ValueError(
                     f"all arrays need the same number of rows; got {[tuple(a.shape) for a in self.arrays]}"
                 )
-        if block_rows is None:
-            chunks = getattr(self.arrays[0], "chunks", None)
-            block_rows = int(chunks[0]) if chunks else 4096
+        if block_rows is None:  # the chunk length of the first array on disk (numpy companions have none)
+            chunked = [c for c in (getattr(a, "chunks", None) for a in self.arrays) if c]
+            block_rows = int(chunked[0][0]) if chunked else 4096
         if block_rows < 1 or buffer_blocks < 1:
             raise ValueError("block_rows and buffer_blocks must be >= 1")
         self.block_rows = int(block_rows)

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sbikit.train import FitResult, StreamingData, fit, is_out_of_core, running_moments, stream_or_load
+from sbikit.disk_inputs import finite_row_stream, read_or_stream, stream_moments, warn_dropped
+from sbikit.disk_inputs import finite_rows as _finite_rows
+from sbikit.train import FitResult, StreamingData, fit, is_out_of_core
 from sbikit.utils import as_float_tensor, load_payload, resolve_device, save_payload
 
 __all__ = ["Compressor", "FrozenEmbedding", "load_compressor", "FORMAT"]
@@ -47,18 +48,6 @@ _ENCODE_CHUNK = 4096
 
 def _shape_text(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
-
-
-def _finite_rows(t: Tensor) -> Tensor:
-    """``(n,)`` bool: rows of ``t`` ``(n, ...)`` without NaN or inf."""
-    return torch.isfinite(t.reshape(len(t), -1)).all(1)
-
-
-def _float32_tensor(value: Any, name: str) -> Tensor:
-    """A float32 CPU tensor; numpy input is cast in place of the float64 detour of ``as_float_tensor``."""
-    if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
-        return torch.from_numpy(np.asarray(value, dtype=np.float32))
-    return as_float_tensor(value, name)
 
 
 class Compressor(nn.Module):
@@ -213,46 +202,12 @@ class Compressor(nn.Module):
             ValueError: when the arrays have different numbers of rows, or every row read
                 into memory holds NaN or inf.
         """
-        given = {k: v for k, v in arrays.items() if v is not None}
-        if not any(is_out_of_core(v) for v in given.values()):
-            return arrays, False
-        for name, value in given.items():  # lists and the like next to an array on disk
-            if not (is_out_of_core(value) or isinstance(value, (np.ndarray, Tensor))):
-                given[name] = as_float_tensor(value, name)
-        n = int(given["x"].shape[0])
-        for name, value in given.items():
-            if int(value.shape[0]) != n:
-                raise ValueError(f"x and {name} need the same number of rows, got {n} and {int(value.shape[0])}")
-        values, streamed = stream_or_load(list(given.values()), memory_limit_gb=memory_limit_gb)
-        out = dict(arrays)
-        if streamed:
-            for name, value in zip(given, values, strict=True):
-                out[name] = value if is_out_of_core(value) else as_float_tensor(value, name).numpy()
-            return out, True
-        tensors = [_float32_tensor(v, k) for k, v in zip(given, values, strict=True)]
-        ok = torch.ones(n, dtype=torch.bool)
-        for t in tensors:
-            ok &= _finite_rows(t)
-        dropped = n - int(ok.sum())
-        if dropped:
-            self._warn_dropped(dropped, n, list(given), stacklevel=stacklevel + 1)
-            tensors = [t[ok] for t in tensors]
-        out.update(zip(given, tensors, strict=True))
-        return out, False
+        return read_or_stream(arrays, memory_limit_gb=memory_limit_gb, stacklevel=stacklevel + 1)
 
     @staticmethod
     def _warn_dropped(dropped: int, n: int, names: list[str], *, stacklevel: int) -> None:
         """Warn that ``dropped`` of ``n`` rows were non-finite in ``names``; raise when all of them were."""
-        if dropped == n:
-            raise ValueError(
-                f"every one of the {n} rows holds NaN or inf in {' or '.join(names)} (chunks of the store not "
-                "simulated yet or failed?); nothing is left to fit"
-            )
-        warnings.warn(
-            f"dropped {dropped} of {n} rows whose {' or '.join(names)} holds NaN or inf "
-            "(chunks of the store not simulated yet or failed, or NaN simulator output)",
-            stacklevel=stacklevel,
-        )
+        warn_dropped(dropped, n, names, stacklevel=stacklevel + 1)
 
     def _start_streamed_fit(
         self,
@@ -302,17 +257,7 @@ class Compressor(nn.Module):
             row_shapes.append(want)
         self._build_fresh(seed=seed, num_summaries=num_summaries)
 
-        def transform(raw: list[np.ndarray]) -> list[Tensor]:
-            ts = [
-                torch.as_tensor(np.asarray(r, dtype=np.float32)).reshape(-1, *rs)
-                for r, rs in zip(raw, row_shapes, strict=True)
-            ]
-            ok = _finite_rows(ts[0])
-            for t in ts[1:]:
-                ok &= _finite_rows(t)
-            return ts if bool(ok.all()) else [t[ok] for t in ts]
-
-        return StreamingData(arrays, transform=transform)
+        return finite_row_stream(arrays, row_shapes)
 
     def _streamed_moments(
         self, data: StreamingData, names: list[str], *, pooled: list[bool], stacklevel: int = 3
@@ -326,18 +271,7 @@ class Compressor(nn.Module):
         Raises:
             ValueError: when fewer than 2 rows are finite.
         """
-        try:
-            moments = running_moments(data, global_entries=pooled)
-        except ValueError as err:
-            if "every row was dropped" not in str(err):
-                raise
-            moments = []  # no row at all is finite
-        kept = moments[0][2] if moments else 0
-        if kept < data.num_rows:
-            self._warn_dropped(data.num_rows - kept, data.num_rows, names, stacklevel=stacklevel + 1)
-        if kept < 2:
-            raise ValueError(f"fit needs at least 2 data sets with finite values, got {kept} of {data.num_rows}")
-        return moments
+        return stream_moments(data, names, pooled=pooled, stacklevel=stacklevel + 1)
 
     def _image_data(
         self, x: Any, *, seed: int | None, memory_limit_gb: float | None, stacklevel: int = 3

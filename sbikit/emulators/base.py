@@ -32,7 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sbikit.disk_inputs import finite_row_stream, read_or_stream, stream_moments
 from sbikit.priors import make_generator, prior_from_config
+from sbikit.train import StreamingData
 from sbikit.utils import as_float_tensor, load_payload, resolve_device, save_payload
 
 __all__ = ["Emulator", "load_emulator", "FORMAT", "mlp"]
@@ -282,14 +284,119 @@ class Emulator(nn.Module):
             self.theta_names = [f"theta_{i}" for i in range(theta_dim)]
         elif len(self.theta_names) != theta_dim:
             raise ValueError(f"theta_names has {len(self.theta_names)} names for {theta_dim} parameters")
+        self._build_fresh(seed)
+        self._set_standardization(th, xt)
+        return th, xt
+
+    def _build_fresh(self, seed: int | None) -> None:
+        """Build the networks anew from ``seed`` (``x_shape`` and ``theta_dim`` are known)."""
         self._built = False
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(seed)
             self._build_all()
         self.fitted.fill_(False)
-        self._set_standardization(th, xt)
-        return th, xt
+
+    # -- training data on disk: read into memory, or streamed -------------------------------------
+    def _fit_data(
+        self, theta: Any, x: Any, *, seed: int | None, memory_limit_gb: float | None, stacklevel: int = 3
+    ) -> tuple[Tensor, Tensor] | StreamingData:
+        """Validated training pairs with networks built and standardisation set.
+
+        Args:
+            theta: ``(n, d)`` or ``None`` (unconditional); numpy, torch or an array on disk.
+            x: ``(n, *x_shape)``; numpy, torch or an array on disk (``sbikit.open_store(p).x``).
+            seed: seeds the networks' initialisation.
+            memory_limit_gb: arrays on disk whose float32 size (together) exceeds this are
+                streamed; ``0`` always streams, ``None`` always reads them into memory.
+            stacklevel: of the dropped-rows warning, ``1`` being this method (the default
+                ``3`` points at the user's call of ``fit``).
+
+        Returns:
+            In memory: ``(theta, x)`` as :meth:`_start_fit` returns them (data units). Streamed:
+            a :class:`~sbikit.train.StreamingData` whose blocks are the standardised tensors
+            ``[theta_s (b, d), x_s (b, *x_shape)]`` (``d = 0`` when unconditional) without the
+            rows holding NaN or inf; the standardisation comes from one streaming pass.
+
+        Raises:
+            ValueError: on wrong shapes, mismatched rows, or fewer than 2 finite rows.
+        """
+        arrays, streamed = read_or_stream(
+            {"x": x, "theta": theta}, memory_limit_gb=memory_limit_gb, stacklevel=stacklevel + 1
+        )
+        if not streamed:
+            return self._start_fit(arrays["theta"], arrays["x"], seed=seed)
+        return self._start_streamed_fit(arrays["theta"], arrays["x"], seed=seed, stacklevel=stacklevel + 1)
+
+    def _start_streamed_fit(self, theta: Any, x: Any, *, seed: int | None, stacklevel: int) -> StreamingData:
+        """The streamed counterpart of :meth:`_start_fit` (only shapes are read before the statistics pass)."""
+        x_shape = tuple(int(s) for s in x.shape)
+        if len(x_shape) == 1:
+            x_shape = (x_shape[0], 1)
+        n = x_shape[0]
+        if self.x_shape is not None and x_shape[1:] != self.x_shape:
+            raise ValueError(
+                f"x must have shape (n, {', '.join(map(str, self.x_shape))}) for this {type(self).__name__}, "
+                f"got {tuple(x.shape)}"
+            )
+        if theta is None:
+            if self.theta_dim not in (None, 0):
+                raise ValueError(f"this {type(self).__name__} has {self.theta_dim} parameters: pass theta to fit")
+            theta_dim = 0
+        else:
+            th_shape = tuple(int(s) for s in theta.shape)
+            if len(th_shape) == 1 and self.theta_dim in (None, 1):
+                th_shape = (th_shape[0], 1)
+            if len(th_shape) != 2 or (self.theta_dim is not None and th_shape[1] != self.theta_dim):
+                want = "d" if self.theta_dim is None else str(self.theta_dim)
+                raise ValueError(f"theta must have shape (n, {want}), got {tuple(theta.shape)}")
+            if th_shape[0] != n:
+                raise ValueError(f"theta and x need the same number of rows, got {th_shape[0]} and {n}")
+            theta_dim = th_shape[1]
+        if n < 2:
+            raise ValueError(f"fit needs at least 2 simulations, got {n}")
+        self.x_shape, self.theta_dim = x_shape[1:], theta_dim
+        if len(self.x_shape) > 3:
+            raise ValueError(f"outputs must be vectors (D,) or images (H, W) / (C, H, W), got x_shape={self.x_shape}")
+        if self.theta_names is None:
+            self.theta_names = [f"theta_{i}" for i in range(theta_dim)]
+        elif len(self.theta_names) != theta_dim:
+            raise ValueError(f"theta_names has {len(self.theta_names)} names for {theta_dim} parameters")
+        self._build_fresh(seed)
+        arrays, shapes, names = [x], [self.x_shape], ["x"]
+        if theta_dim:
+            arrays, shapes, names = [theta, x], [(theta_dim,), self.x_shape], ["x", "theta"]
+        raw = finite_row_stream(arrays, shapes)
+        moments = stream_moments(
+            raw,
+            names,
+            pooled=[False] * (len(arrays) - 1) + [self.is_image],
+            unit="simulations",
+            stacklevel=stacklevel + 1,
+        )
+        x_mean, x_std, _ = moments[-1]
+        with torch.no_grad():
+            if theta_dim:
+                t_mean, t_std, _ = moments[0]
+                self.theta_shift.copy_(t_mean.float())
+                self.theta_scale.copy_(torch.where(t_std > _MIN_SCALE, t_std, torch.ones_like(t_std)).float())
+            if self.is_image:
+                self.x_shift.fill_(float(x_mean))
+                self.x_scale.fill_(float(x_std) if float(x_std) > _MIN_SCALE else 1.0)
+            else:
+                self.x_shift.copy_(x_mean.float().reshape(self.x_shape))
+                safe = torch.where(x_std > _MIN_SCALE, x_std, torch.ones_like(x_std)).float()
+                self.x_scale.copy_(safe.reshape(self.x_shape))
+        # CPU copies: the transform runs in the stream's reader thread, whatever the model's device.
+        t_shift, t_scale = self.theta_shift.detach().cpu().clone(), self.theta_scale.detach().cpu().clone()
+        x_shift, x_scale = self.x_shift.detach().cpu().clone(), self.x_scale.detach().cpu().clone()
+
+        def standardize(ts: list[Tensor]) -> list[Tensor]:
+            xs = (ts[-1] - x_shift) / x_scale
+            th = (ts[0] - t_shift) / t_scale if theta_dim else torch.zeros(len(xs), 0)
+            return [th, xs]
+
+        return finite_row_stream(arrays, shapes, then=standardize)
 
     @torch.no_grad()
     def _set_standardization(self, th: Tensor, xt: Tensor) -> None:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from sbikit.compressors.cnn import DEFAULT_CHANNELS, ConvDecoder, ConvEncoder
 from sbikit.emulators.base import Emulator, mlp
 from sbikit.priors import make_generator
-from sbikit.train import FitResult, fit
+from sbikit.train import FitResult, StreamingData, fit
 from sbikit.utils import resolve_device
 
 __all__ = ["ConditionalVAE", "cvae_loss", "cvae_terms", "DECODERS"]
@@ -212,12 +212,16 @@ class ConditionalVAE(Emulator):
         progress: bool = True,
         checkpoint: str | Path | None = None,
         resume: bool = False,
+        memory_limit_gb: float | None = 4.0,
     ) -> ConditionalVAE:
         """Maximise the ELBO (:func:`cvae_loss`) with :func:`sbikit.train.fit`.
 
         Args:
-            theta: parameters ``(n, d)`` (numpy or torch), or ``None`` for an unconditional VAE.
-            x: simulations ``(n, *x_shape)``; must be finite.
+            theta: parameters ``(n, d)`` (numpy, torch or an array on disk such as
+                ``sbikit.open_store(path).theta``), or ``None`` for an unconditional VAE.
+            x: simulations ``(n, *x_shape)``: numpy or torch (must be finite), or an array on
+                disk (rows holding NaN or inf, from pending or failed chunks, are dropped with
+                a warning).
             seed: initial weights, reparameterisation noise, validation split and batch order.
             batch_size, learning_rate, max_epochs, validation_fraction, patience, progress:
                 passed to :func:`sbikit.train.fit` (early stopping on the validation ELBO, the
@@ -226,6 +230,10 @@ class ConditionalVAE(Emulator):
             checkpoint: file written atomically after every epoch; with ``resume=True`` a
                 killed fit continues from it and ends as the uninterrupted run would.
             resume: continue from ``checkpoint`` when it exists.
+            memory_limit_gb: arrays on disk larger than this (as float32, ``theta`` and ``x``
+                together) are streamed in shuffled buffers of chunks, with the
+                standardisation from one streaming pass, instead of read into memory; ``0``
+                always streams, ``None`` never does.
 
         Returns:
             self; ``self.history`` is the :class:`~sbikit.train.FitResult` (negative ELBO per
@@ -234,10 +242,15 @@ class ConditionalVAE(Emulator):
         Raises:
             ValueError: on mismatched rows, wrong shapes or NaN/inf in ``theta`` or ``x``.
         """
-        th, xt = self._start_fit(theta, x, seed=seed)
+        prepared = self._fit_data(theta, x, seed=seed, memory_limit_gb=memory_limit_gb)
         dev = resolve_device(device)
-        with torch.no_grad():
-            data = (self.standardize_theta(th.to(self.device)).cpu(), self.standardize_x(xt.to(self.device)).cpu())
+        data: tuple[Tensor, Tensor] | StreamingData
+        if isinstance(prepared, StreamingData):
+            data = prepared
+        else:
+            th, xt = prepared
+            with torch.no_grad():
+                data = (self.standardize_theta(th.to(self.device)).cpu(), self.standardize_x(xt.to(self.device)).cpu())
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)

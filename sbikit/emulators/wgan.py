@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,15 @@ from tqdm.auto import tqdm
 from sbikit.compressors.cnn import DEFAULT_CHANNELS, POOLINGS, ConvDecoder, ConvEncoder
 from sbikit.emulators.base import Emulator, mlp
 from sbikit.priors import make_generator
-from sbikit.train import _check_fingerprint, _checksum, _load_checkpoint, _save_checkpoint, _torch_threads
+from sbikit.train import (
+    StreamingData,
+    _check_fingerprint,
+    _checksum,
+    _load_checkpoint,
+    _save_checkpoint,
+    _Streamed,
+    _torch_threads,
+)
 from sbikit.utils import as_float_tensor, resolve_device
 
 __all__ = ["ConditionalWGAN", "WGANHistory", "gradient_penalty", "critic_loss", "NOISE_MODELS", "GENERATORS"]
@@ -393,18 +401,24 @@ class ConditionalWGAN(Emulator):
         progress: bool = True,
         checkpoint: str | Path | None = None,
         resume: bool = False,
+        memory_limit_gb: float | None = 4.0,
     ) -> ConditionalWGAN:
         """Train the critic and the generator in alternation (WGAN-GP).
 
         One epoch is one pass of the critic over the training rows in batches of
         ``batch_size`` (full batches only, reshuffled every epoch); after every
         ``critic_steps`` critic steps the generator takes one step at the parameters of the
-        current batch. There is no early stopping (GAN losses do not measure sample quality):
-        training runs ``max_epochs`` epochs and keeps the last weights.
+        current batch (streamed from disk, an epoch is one pass over shuffled buffers of
+        chunks and its last batch may be smaller). There is no early stopping (GAN losses do
+        not measure sample quality): training runs ``max_epochs`` epochs and keeps the last
+        weights.
 
         Args:
-            theta: parameters ``(n, d)``, or ``None`` for an unconditional WGAN of ``x``.
-            x: simulations ``(n, *x_shape)``; must be finite.
+            theta: parameters ``(n, d)`` (numpy, torch or an array on disk such as
+                ``sbikit.open_store(path).theta``), or ``None`` for an unconditional WGAN of ``x``.
+            x: simulations ``(n, *x_shape)``: numpy or torch (must be finite), or an array on
+                disk (rows holding NaN or inf, from pending or failed chunks, are dropped with
+                a warning).
             seed: makes initial weights, split, batch order and all noise repeatable.
             batch_size: rows per critic step.
             max_epochs: epochs to run (raise it and pass ``resume=True`` to train a finished
@@ -430,6 +444,10 @@ class ConditionalWGAN(Emulator):
                 random generator states, history).
             resume: continue from ``checkpoint`` when it exists; with the same data and
                 settings the result equals that of an uninterrupted run on the same device.
+            memory_limit_gb: arrays on disk larger than this (as float32, ``theta`` and ``x``
+                together) are streamed in shuffled buffers of chunks (standardisation from one
+                streaming pass, copied to the device per buffer) instead of read into memory;
+                ``0`` always streams, ``None`` never does.
 
         Returns:
             self; ``self.history`` is a :class:`WGANHistory`.
@@ -443,8 +461,8 @@ class ConditionalWGAN(Emulator):
             raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
         if not (learning_rate > 0 and gp_weight >= 0):
             raise ValueError(f"learning_rate must be > 0 and gp_weight >= 0, got {learning_rate} and {gp_weight}")
-        th, xt = self._start_fit(theta, x, seed=seed)
-        n = len(xt)
+        data = self._fit_data(theta, x, seed=seed, memory_limit_gb=memory_limit_gb)
+        n = data.num_rows if isinstance(data, StreamingData) else len(data[1])
         n_val = max(1, int(round(n * validation_fraction)))
         n_train = n - n_val
         if n_train < 1:
@@ -463,8 +481,7 @@ class ConditionalWGAN(Emulator):
             num_threads = 1 if sum(p.numel() for p in self.parameters()) < 1_000_000 else None
         with _torch_threads(num_threads):
             self._train_loop(
-                th,
-                xt,
+                data,
                 n_val=n_val,
                 seed=seed,
                 saved=saved,
@@ -483,8 +500,7 @@ class ConditionalWGAN(Emulator):
 
     def _train_loop(
         self,
-        th: Tensor,
-        xt: Tensor,
+        data: tuple[Tensor, Tensor] | StreamingData,
         *,
         n_val: int,
         seed: int,
@@ -500,25 +516,20 @@ class ConditionalWGAN(Emulator):
         ema_decay: float | None,
         progress: bool,
     ) -> None:
-        with torch.no_grad():
-            ts_all = self.standardize_theta(th.to(device))
-            xs_all = self.standardize_x(xt.to(device))
         order_gen = make_generator(seed)  # split and batch order (CPU)
         noise_gen = make_generator(seed + 1, device)  # latents, output noise, interpolation weights
-        perm = torch.randperm(len(xt), generator=order_gen).to(device)
-        val_idx, train_idx = perm[:n_val], perm[n_val:]
-        ts_tr, xs_tr, ts_val, xs_val = ts_all[train_idx], xs_all[train_idx], ts_all[val_idx], xs_all[val_idx]
-        del ts_all, xs_all
-        n_train, bs = len(train_idx), batch_size
-        batches = max(1, n_train // bs)
-        u_dims = (1,) * (xs_tr.ndim - 1)  # interpolation weights (m, 1, ..., 1): one per row
+        source = _WGANData(self, data, n_val, order_gen, device)
+        del data
+        bs = batch_size
+        assert self.x_shape is not None
+        u_dims = (1,) * len(self.x_shape)  # interpolation weights (m, 1, ..., 1): one per row
 
         gen_params, critic_params = self._generator_parameters(), self._critic_parameters()
         opt_g = _adam(gen_params, learning_rate, betas)
         opt_c = _adam(critic_params, learning_rate, betas)
         fingerprint = {
             "kind": _CHECKPOINT_KIND,
-            "num_rows": len(xt),
+            "num_rows": source.num_rows,
             "num_validation": n_val,
             "batch_size": bs,
             "seed": seed,
@@ -527,7 +538,7 @@ class ConditionalWGAN(Emulator):
             "gp_weight": gp_weight,
             "ema_decay": ema_decay,
             "critic_steps": critic_steps,
-            "data": [list(th.shape), list(xt.shape), _checksum(th), _checksum(xt)],
+            "data": source.describe(),
             "parameters": [f"{k}:{tuple(v.shape)}" for k, v in self.state_dict().items()],
         }
         history = WGANHistory()
@@ -557,13 +568,11 @@ class ConditionalWGAN(Emulator):
         )
         self.train()
         for epoch in range(start_epoch, max_epochs):
-            order = torch.randperm(n_train, generator=order_gen).to(device)
             sums = torch.zeros(4, device=device)  # critic loss, wasserstein, penalty, generator loss
-            num_g = 0
-            for b in range(batches):
-                idx = order[b * bs : (b + 1) * bs]
-                real, tb = xs_tr[idx], ts_tr[idx]
+            num_g = batches = 0
+            for tb, real in source.train_batches(bs, order_gen):
                 m = real.shape[0]
+                batches += 1
                 with torch.no_grad():
                     z = torch.randn(m, self.latent_dim, generator=noise_gen, device=device)
                     fake = self._generate_s(z, tb, self._unit_noise(m, noise_gen, device))
@@ -594,12 +603,16 @@ class ConditionalWGAN(Emulator):
                             for e, p in zip(ema, gen_params, strict=True):
                                 e.lerp_(p.detach(), 1.0 - decay)
                     num_g += 1
+            if batches == 0:
+                bar.close()
+                raise ValueError("no training batch in an epoch: every training row was dropped as non-finite")
             means = (sums[:3] / batches).tolist()
             history.critic_loss.append(means[0])
             history.wasserstein.append(means[1])
             history.gradient_penalty.append(means[2])
             history.generator_loss.append(float(sums[3]) / num_g if num_g else math.nan)
-            history.val_wasserstein.append(self._validation_wasserstein(ts_val, xs_val, seed))
+            history.val_wasserstein.append(source.val_wasserstein(seed))
+            self.train()
             history.epochs = epoch + 1
             history.generator_steps += num_g
             history.train_time = previous_time + time.perf_counter() - began
@@ -645,17 +658,81 @@ class ConditionalWGAN(Emulator):
         self.eval()
 
     @torch.no_grad()
-    def _validation_wasserstein(self, ts_val: Tensor, xs_val: Tensor, seed: int) -> float:
-        """``E[D(real)] - E[D(fake)]`` on the held-out rows, with the same latents and noise every epoch."""
-        gen = make_generator(seed + 2, xs_val.device)
+    def _wasserstein_sum(self, ts: Tensor, real: Tensor, gen: torch.Generator) -> float:
+        """``sum D(real) - D(fake)`` over standardised rows ``(b, d)``, ``(b, *x_shape)``, fakes drawn from ``gen``."""
         total = 0.0
-        for i in range(0, len(xs_val), _EVAL_CHUNK):
-            tb, real = ts_val[i : i + _EVAL_CHUNK], xs_val[i : i + _EVAL_CHUNK]
-            z = torch.randn(len(real), self.latent_dim, generator=gen, device=real.device)
-            fake = self._generate_s(z, tb, self._unit_noise(len(real), gen, real.device))
-            total += float((self._critic_score(real, tb) - self._critic_score(fake, tb)).sum())
-        return total / len(xs_val)
+        for i in range(0, len(real), _EVAL_CHUNK):
+            tb, rb = ts[i : i + _EVAL_CHUNK], real[i : i + _EVAL_CHUNK]
+            z = torch.randn(len(rb), self.latent_dim, generator=gen, device=rb.device)
+            fake = self._generate_s(z, tb, self._unit_noise(len(rb), gen, rb.device))
+            total += float((self._critic_score(rb, tb) - self._critic_score(fake, tb)).sum())
+        return total
 
     @classmethod
     def _history_from_dict(cls, data: dict[str, Any]) -> WGANHistory:
         return WGANHistory(**{k: v for k, v in data.items() if k in WGANHistory.__dataclass_fields__})
+
+
+class _WGANData:
+    """Training and validation rows of a WGAN fit: in memory on the device, or streamed from disk.
+
+    In memory (``data = (theta, x)`` in data units) the rows are standardised once and split
+    by a permutation from ``gen``; an epoch is ``n_train // batch_size`` full batches in a
+    fresh order. Streamed (``data`` a :class:`~sbikit.train.StreamingData` of standardised
+    ``[theta_s, x_s]``), the split and the order of chunks and rows come from ``gen`` as in
+    :func:`sbikit.train.fit`.
+    """
+
+    def __init__(
+        self,
+        model: ConditionalWGAN,
+        data: tuple[Tensor, Tensor] | StreamingData,
+        n_val: int,
+        gen: torch.Generator,
+        device: torch.device,
+    ) -> None:
+        self.model = model
+        self.stream: _Streamed | None = None
+        if isinstance(data, StreamingData):
+            self.num_rows = data.num_rows
+            self.stream = _Streamed(data, n_val, gen, device)
+            return
+        th, xt = data
+        self.num_rows = len(xt)
+        self.shapes = [list(th.shape), list(xt.shape), _checksum(th), _checksum(xt)]
+        with torch.no_grad():
+            ts_all = model.standardize_theta(th.to(device))
+            xs_all = model.standardize_x(xt.to(device))
+        perm = torch.randperm(len(xt), generator=gen).to(device)
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        self.ts_tr, self.xs_tr = ts_all[train_idx], xs_all[train_idx]
+        self.ts_val, self.xs_val = ts_all[val_idx], xs_all[val_idx]
+        self.device = device
+
+    def describe(self) -> object:
+        """What the checkpoint's fingerprint records of the data."""
+        return self.shapes if self.stream is None else self.stream.describe()
+
+    def train_batches(self, bs: int, gen: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+        """One epoch of ``(theta_s (b, d), x_s (b, *x_shape))`` batches on the device."""
+        if self.stream is not None:
+            yield from self.stream.train_batches(bs, gen)  # type: ignore[misc]
+            return
+        n_train = len(self.xs_tr)
+        order = torch.randperm(n_train, generator=gen).to(self.device)
+        for b in range(max(1, n_train // bs)):
+            idx = order[b * bs : (b + 1) * bs]
+            yield self.ts_tr[idx], self.xs_tr[idx]
+
+    def val_wasserstein(self, seed: int) -> float:
+        """``E[D(real)] - E[D(fake)]`` on the held-out rows, with the same latents and noise every epoch."""
+        model = self.model
+        if self.stream is None:
+            gen = make_generator(seed + 2, self.xs_val.device)
+            return model._wasserstein_sum(self.ts_val, self.xs_val, gen) / len(self.xs_val)
+        gen = make_generator(seed + 2, self.stream.device)
+
+        def mean_gap(m: nn.Module, tb: Tensor, xb: Tensor) -> Tensor:
+            return torch.tensor(model._wasserstein_sum(tb, xb, gen) / len(xb))
+
+        return self.stream.val_loss(model, mean_gap, batch_size=_EVAL_CHUNK)
