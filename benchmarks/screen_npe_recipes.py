@@ -7,7 +7,9 @@ Usage::
 JSON keys (all optional): ``n`` (simulations, 10^4), ``kind`` (nsf), ``hidden`` (128),
 ``layers`` (5), ``blocks`` (2), ``bins`` (8), ``bs`` (512), ``lr`` (3e-3), ``wd`` (AdamW
 weight decay, 0), ``ctx_wd`` (weight decay of the context-input weights only, 0; "cosine"
-loop only), and
+loop only), ``overfit`` (the fields of :class:`sbikit.train.OverfitRule` as a dict: weight
+decay switched on once the run overfits; "fit" loop), ``ema`` (decay per step of a moving
+average of the weights, validated every epoch; "fit" loop), and
 
 * ``"loop": "fit"`` (default): train with :func:`sbikit.train.fit` (``patience`` 20) and its
   plateau schedule, as NPE did before this round, or with ``"schedule": "cosine"`` over
@@ -51,7 +53,7 @@ import simulators
 from sbikit.diagnostics.c2st import c2st
 from sbikit.flows import build_flow
 from sbikit.inference.posterior import FlowPosterior
-from sbikit.train import cosine_learning_rate, fit
+from sbikit.train import OverfitRule, cosine_learning_rate, fit
 
 
 def cosine_loop(flow, u, x, cfg: dict) -> dict:
@@ -110,6 +112,10 @@ def main() -> None:
 
     _, u, x = pairs(n, n)
     _, u_test, x_test = pairs(20_000, 999)
+    if cfg.get("ema_raw") is False:  # validate the weight average only
+        import sbikit.train as train_module
+
+        train_module._VALIDATE_RAW_TOO = False
     if cfg.get("lu"):  # a learned LU-factorised linear map after every permutation
         from nflows.transforms import CompositeTransform, LULinear, RandomPermutation
 
@@ -146,8 +152,18 @@ def main() -> None:
             max_epochs=cfg.get("epochs", 1000),
             warmup_epochs=cfg.get("warmup", 0.0),
             weight_decay=cfg.get("wd", 0.0),
+            on_overfit=OverfitRule(**cfg["overfit"]) if cfg.get("overfit") else None,
+            ema_decay=cfg.get("ema"),
         )
-        rec = {"epochs": res.epochs, "best_epoch": res.best_epoch, "best_val": res.best_val_loss}
+        rec = {
+            "epochs": res.epochs,
+            "best_epoch": res.best_epoch,
+            "best_val": res.best_val_loss,
+            "regularized_from": res.regularized_from,
+            "best_is_average": res.best_is_average,
+            "train_loss": res.train_loss,
+            "val_loss": res.val_loss,
+        }
     rec = {"task": args.task, "name": args.name, "cfg": cfg, "wall": time.perf_counter() - t0, **rec}
     rec["cpu"] = time.process_time() - c0
     with torch.no_grad():

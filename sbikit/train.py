@@ -33,6 +33,7 @@ from sbikit.priors import make_generator
 
 __all__ = [
     "FitResult",
+    "OverfitRule",
     "fit",
     "default_batch_size",
     "cosine_learning_rate",
@@ -80,6 +81,32 @@ def cosine_learning_rate(
     return min_learning_rate + (learning_rate - min_learning_rate) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+@dataclass(frozen=True)
+class OverfitRule:
+    """Regularise a run once it overfits: restore the best weights and switch weight decay on.
+
+    The rule fires once, after an epoch in which the validation loss has not improved (by
+    ``min_delta``) for ``patience`` epochs while the training loss is below its value at the
+    best epoch (the network still fits the training rows better, the held-out ones not).
+    Training then continues from the best weights with AdamW weight decay
+    ``weight_decay``; with ``restart_epochs`` the learning rate follows a new half cosine of
+    that many epochs, peaking at ``restart_factor`` times the rate the schedule had reached,
+    and training ends with it. Runs that never stall (validation loss still falling) never
+    fire it and are unchanged.
+
+    Attributes:
+        patience: epochs without a better validation loss that fire the rule.
+        weight_decay: AdamW weight decay from then on.
+        restart_epochs: length of the restarted cosine; ``None`` continues the schedule.
+        restart_factor: peak of the restarted cosine relative to the rate at the trigger.
+    """
+
+    patience: int = 3
+    weight_decay: float = 1.0
+    restart_epochs: int | None = None
+    restart_factor: float = 1.0
+
+
 @dataclass
 class FitResult:
     """What happened during :func:`fit`.
@@ -92,6 +119,10 @@ class FitResult:
         epochs: number of epochs run.
         train_time: wall time in seconds.
         stopped_early: whether early stopping ended training before ``max_epochs``.
+        regularized_from: first epoch (0-based) trained under an :class:`OverfitRule`'s
+            weight decay, ``None`` when the rule never fired (or none was given).
+        best_is_average: whether the restored weights are the moving average of the
+            weights (``ema_decay``) rather than the weights of an epoch's end.
     """
 
     train_loss: list[float] = field(default_factory=list)
@@ -101,6 +132,8 @@ class FitResult:
     epochs: int = 0
     train_time: float = 0.0
     stopped_early: bool = False
+    regularized_from: int | None = None
+    best_is_average: bool = False
 
     @property
     def best_val_loss(self) -> float:
@@ -115,6 +148,8 @@ class FitResult:
             "epochs": self.epochs,
             "train_time": self.train_time,
             "stopped_early": self.stopped_early,
+            "regularized_from": self.regularized_from,
+            "best_is_average": self.best_is_average,
             "best_val_loss": self.best_val_loss,
         }
 
@@ -150,6 +185,8 @@ def fit(
     warmup_epochs: float = 0.0,
     clip_norm: float | None = 5.0,
     weight_decay: float = 0.0,
+    on_overfit: OverfitRule | None = None,
+    ema_decay: float | None = None,
     device: torch.device | str = "cpu",
     num_threads: int | None = None,
     progress: bool = True,
@@ -187,6 +224,11 @@ def fit(
         warmup_epochs: length of the linear warm-up (``"cosine"`` only; fractions allowed).
         clip_norm: gradient norm clipping threshold (``None`` turns it off).
         weight_decay: AdamW weight decay.
+        on_overfit: an :class:`OverfitRule`: once the validation loss stalls while the
+            training loss still falls, continue from the best weights with weight decay.
+        ema_decay: keep an exponential moving average of the weights (updated after every
+            step with this decay per step), evaluate it on the validation rows after every
+            epoch as well, and restore it when it is the best; ``None``: off.
         device: where to train.
         num_threads: CPU threads torch may use while training (restored afterwards).
             ``None`` picks 1 for models under a million parameters: such small steps
@@ -278,6 +320,8 @@ def fit(
             "warmup_epochs": warmup_epochs,
             "max_epochs": max_epochs if schedule == "cosine" else None,
             "clip_norm": clip_norm,
+            "on_overfit": None if on_overfit is None else [getattr(on_overfit, k) for k in _OVERFIT_FIELDS],
+            "ema_decay": ema_decay,
             "data": source.describe(),
             "parameters": [f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items()],
         }
@@ -289,6 +333,7 @@ def fit(
         start_epoch = 0
         finished = False
         previous_time = 0.0
+        ema = copy.deepcopy(model) if ema_decay is not None else None
         if saved is not None:
             _check_fingerprint(saved["fingerprint"], fingerprint, ckpt_path)
             model.load_state_dict(saved["model"])
@@ -301,6 +346,8 @@ def fit(
             since_best, since_lr = int(saved["since_best"]), int(saved["since_lr"])
             start_epoch, finished = int(saved["epoch"]), bool(saved["finished"])
             result = FitResult(**saved["result"])
+            if ema is not None:
+                ema.load_state_dict(saved["ema"])
             previous_time = result.train_time
             logger.info("%s: resuming from %s after epoch %d", description, ckpt_path, start_epoch)
         start = time.perf_counter()
@@ -313,19 +360,37 @@ def fit(
             dynamic_ncols=True,
         )
         steps_per_epoch = max(1, math.ceil(n_train / bs))  # positions the cosine schedule within an epoch
+
+        def rate_at(progress: float) -> float:
+            """The cosine schedule's rate after ``progress`` epochs (restarted once the rule fired)."""
+            base = cosine_learning_rate(
+                progress, max_epochs, learning_rate, min_learning_rate=min_learning_rate, warmup_epochs=warmup_epochs
+            )
+            start_r = result.regularized_from
+            if on_overfit is None or on_overfit.restart_epochs is None or start_r is None or progress < start_r:
+                return base
+            peak = on_overfit.restart_factor * cosine_learning_rate(
+                start_r, max_epochs, learning_rate, min_learning_rate=min_learning_rate, warmup_epochs=warmup_epochs
+            )
+            return cosine_learning_rate(
+                progress - start_r, on_overfit.restart_epochs, peak, min_learning_rate=min_learning_rate
+            )
+
+        def stop_epoch() -> int:
+            if on_overfit is None or on_overfit.restart_epochs is None or result.regularized_from is None:
+                return max_epochs
+            return min(max_epochs, result.regularized_from + on_overfit.restart_epochs)
+
+        ema_params = [p for p in ema.parameters() if p.requires_grad] if ema is not None else []
         for epoch in range(start_epoch, max_epochs if not finished else start_epoch):
+            if epoch >= stop_epoch():
+                break
             model.train()
             total = torch.zeros((), device=device)
             count = 0
             for step, batch in enumerate(source.train_batches(bs, gen)):
                 if schedule == "cosine":
-                    rate = cosine_learning_rate(
-                        epoch + min(step / steps_per_epoch, 1.0),
-                        max_epochs,
-                        learning_rate,
-                        min_learning_rate=min_learning_rate,
-                        warmup_epochs=warmup_epochs,
-                    )
+                    rate = rate_at(epoch + min(step / steps_per_epoch, 1.0))
                     for group in opt.param_groups:
                         group["lr"] = rate
                 loss = loss_fn(model, *batch)
@@ -334,11 +399,22 @@ def fit(
                 if clip_norm is not None:
                     nn.utils.clip_grad_norm_(params, clip_norm)
                 opt.step()
+                if ema_decay is not None:
+                    with torch.no_grad():
+                        for e, p in zip(ema_params, params, strict=True):
+                            e.lerp_(p, 1.0 - ema_decay)
                 m = int(batch[0].shape[0])
                 total += loss.detach() * m
                 count += m
             train_loss = float(total) / max(count, 1)
-            val_loss = source.val_loss(model, loss_fn, batch_size=max(bs, 4096))
+            val_loss = (
+                source.val_loss(model, loss_fn, batch_size=max(bs, 4096))
+                if ema is None or _VALIDATE_RAW_TOO
+                else math.inf
+            )
+            ema_val = source.val_loss(ema, loss_fn, batch_size=max(bs, 4096)) if ema is not None else math.inf
+            use_ema = ema_val < val_loss
+            val_loss = min(val_loss, ema_val)
             lr = opt.param_groups[0]["lr"]
             result.train_loss.append(train_loss)
             result.val_loss.append(val_loss)
@@ -354,13 +430,34 @@ def fit(
                 improved = val_loss < best - min_delta
                 if val_loss < best:
                     # Any gain yields the best weights; only a gain above min_delta renews patience.
-                    best, result.best_epoch = val_loss, epoch
-                    best_state = copy.deepcopy(model.state_dict())
+                    best, result.best_epoch, result.best_is_average = val_loss, epoch, use_ema
+                    best_state = copy.deepcopy((ema if use_ema and ema is not None else model).state_dict())
                 if improved:
                     since_best = since_lr = 0
                 else:
                     since_best += 1
                     since_lr += 1
+                if (
+                    on_overfit is not None
+                    and result.regularized_from is None
+                    and since_best >= on_overfit.patience
+                    and train_loss < result.train_loss[result.best_epoch]
+                ):
+                    # Overfitting: back to the best weights, on with weight decay (and a fresh patience).
+                    model.load_state_dict(best_state)
+                    for group in opt.param_groups:
+                        group["weight_decay"] = on_overfit.weight_decay
+                    result.regularized_from = epoch + 1
+                    since_best = since_lr = 0
+                    logger.info(
+                        "%s: validation loss stalled for %d epochs while the training loss fell; weight decay %g "
+                        "from epoch %d on, from the weights of epoch %d",
+                        description,
+                        on_overfit.patience,
+                        on_overfit.weight_decay,
+                        epoch + 1,
+                        result.best_epoch,
+                    )
                 if schedule == "plateau" and since_lr >= lr_patience and lr > min_learning_rate:
                     for group in opt.param_groups:
                         group["lr"] = max(min_learning_rate, group["lr"] * lr_factor)
@@ -388,6 +485,7 @@ def fit(
                         "best_state": best_state,
                         "since_best": since_best,
                         "since_lr": since_lr,
+                        "ema": ema.state_dict() if ema is not None else None,
                         "result": _result_fields(result),
                     },
                 )
@@ -693,7 +791,15 @@ def _load_checkpoint(path: Path | None, resume: bool) -> dict[str, Any] | None:
 
 # Fingerprint entries added after checkpoints were first written, with the value they had then
 # (every earlier run used the plateau schedule), so that such checkpoints still resume.
-_FINGERPRINT_DEFAULTS: dict[str, Any] = {"schedule": "plateau", "warmup_epochs": 0.0, "max_epochs": None}
+_FINGERPRINT_DEFAULTS: dict[str, Any] = {
+    "schedule": "plateau",
+    "warmup_epochs": 0.0,
+    "max_epochs": None,
+    "on_overfit": None,
+    "ema_decay": None,
+}
+_VALIDATE_RAW_TOO = True  # screening switch (ema_decay): also validate the raw weights
+_OVERFIT_FIELDS = ("patience", "weight_decay", "restart_epochs", "restart_factor")
 
 
 def _check_fingerprint(old: dict[str, Any], new: dict[str, Any], path: Path | None) -> None:

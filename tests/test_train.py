@@ -301,3 +301,67 @@ def test_default_batch_size_properties() -> None:
     assert default_batch_size(16 * cap) == cap
     for n in range(512, 16 * cap + 1, 97):
         assert n // default_batch_size(n) >= 16  # at least 16 steps per epoch below the cap
+
+
+# -- OverfitRule and the weight average -------------------------------------------------------------
+
+
+def _overfitting_setup() -> tuple[nn.Module, tuple[Tensor, Tensor]]:
+    """A wide MLP on 150 noisy rows: it memorises the training rows within a few epochs."""
+    x, y = _regression(n=150, d=3, noise=1.0, seed=1)
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1)), (x, y)
+
+
+COSINE = dict(
+    seed=0, schedule="cosine", learning_rate=1e-2, max_epochs=60, batch_size=16, patience=1000, progress=False
+)
+
+
+def test_overfit_rule_fires_on_an_overfitting_run_and_regularises() -> None:
+    from sbikit.train import OverfitRule
+
+    model, data = _overfitting_setup()
+    plain = fit(model, _mse, data, validation_fraction=0.3, **COSINE)
+    model, data = _overfitting_setup()
+    rule = OverfitRule(patience=3, weight_decay=1.0)
+    ruled = fit(model, _mse, data, validation_fraction=0.3, on_overfit=rule, **COSINE)
+    assert plain.regularized_from is None
+    k = ruled.regularized_from
+    assert k is not None and 3 <= k < 60
+    # Identical up to the trigger (same split, batches and steps), different after it.
+    assert ruled.train_loss[:k] == plain.train_loss[:k]
+    assert ruled.val_loss[:k] == plain.val_loss[:k]
+    assert ruled.train_loss[k:] != plain.train_loss[k:]
+    # It fired because the validation loss stalled for 3 epochs while the training loss fell.
+    best = min(range(k), key=lambda e: ruled.val_loss[e])
+    assert k - 1 - best >= 3 and ruled.train_loss[k - 1] < ruled.train_loss[best]
+    # The weight-decayed continuation fits the training rows less closely than the plain run.
+    assert ruled.train_loss[-1] > plain.train_loss[-1]
+
+
+def test_overfit_rule_does_not_fire_while_validation_improves() -> None:
+    """A run whose validation loss keeps falling is unchanged by the rule, to the last bit."""
+    from sbikit.train import OverfitRule
+
+    x, y = _regression()
+    kwargs = dict(seed=0, schedule="cosine", learning_rate=0.01, max_epochs=8, progress=False)
+    a, b = _model(), _model()
+    ra = fit(a, _mse, (x, y), **kwargs)
+    rb = fit(b, _mse, (x, y), on_overfit=OverfitRule(patience=3, weight_decay=1.0), **kwargs)
+    assert rb.regularized_from is None
+    assert ra.val_loss == rb.val_loss and ra.train_loss == rb.train_loss
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_overfit_rule_restart_ends_training_after_restart_epochs() -> None:
+    from sbikit.train import OverfitRule, cosine_learning_rate
+
+    model, data = _overfitting_setup()
+    rule = OverfitRule(patience=3, weight_decay=1.0, restart_epochs=10, restart_factor=0.5)
+    result = fit(model, _mse, data, validation_fraction=0.3, on_overfit=rule, **COSINE)
+    k = result.regularized_from
+    assert k is not None and result.epochs == k + 10 and not result.stopped_early
+    peak = 0.5 * cosine_learning_rate(k, 60, 1e-2, min_learning_rate=1e-5)
+    assert max(result.learning_rate[k:]) <= peak
+    assert result.learning_rate[-1] < 0.05 * peak
