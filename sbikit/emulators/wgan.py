@@ -66,8 +66,11 @@ NOISE_MODELS: tuple[str | None, ...] = ("diagonal", None)
 GENERATORS: tuple[str, ...] = ("conv", "mlp")
 _CHECKPOINT_KIND = "sbikit-wgan"
 _CHECKPOINT_FORMAT = 1  # the format number sbikit.train's checkpoint reader accepts
-# Rows per forward pass when the validation Wasserstein estimate is computed.
+# Rows per forward pass when the validation Wasserstein estimate is computed: at most 2048,
+# and at most 2**21 output elements (8 MiB of float32 per batch; 512 rows of 64 x 64 images),
+# so that the critic's activations, not the data, bound the memory of that pass.
 _EVAL_CHUNK = 2048
+_EVAL_ELEMENTS = 2**21
 _LEAKY_SLOPE = 0.2
 # log noise scale = _NOISE_GAIN * parameter (a larger learning rate for it); initial log scale.
 _NOISE_GAIN = 1.0
@@ -657,12 +660,18 @@ class ConditionalWGAN(Emulator):
         self.fitted.fill_(True)
         self.eval()
 
+    def _eval_rows(self) -> int:
+        """Rows per validation forward pass (see ``_EVAL_ELEMENTS``)."""
+        assert self.x_shape is not None
+        return max(1, min(_EVAL_CHUNK, _EVAL_ELEMENTS // math.prod(self.x_shape)))
+
     @torch.no_grad()
     def _wasserstein_sum(self, ts: Tensor, real: Tensor, gen: torch.Generator) -> float:
         """``sum D(real) - D(fake)`` over standardised rows ``(b, d)``, ``(b, *x_shape)``, fakes drawn from ``gen``."""
         total = 0.0
-        for i in range(0, len(real), _EVAL_CHUNK):
-            tb, rb = ts[i : i + _EVAL_CHUNK], real[i : i + _EVAL_CHUNK]
+        step = self._eval_rows()
+        for i in range(0, len(real), step):
+            tb, rb = ts[i : i + step], real[i : i + step]
             z = torch.randn(len(rb), self.latent_dim, generator=gen, device=rb.device)
             fake = self._generate_s(z, tb, self._unit_noise(len(rb), gen, rb.device))
             total += float((self._critic_score(rb, tb) - self._critic_score(fake, tb)).sum())
@@ -735,4 +744,4 @@ class _WGANData:
         def mean_gap(m: nn.Module, tb: Tensor, xb: Tensor) -> Tensor:
             return torch.tensor(model._wasserstein_sum(tb, xb, gen) / len(xb))
 
-        return self.stream.val_loss(model, mean_gap, batch_size=_EVAL_CHUNK)
+        return self.stream.val_loss(model, mean_gap, batch_size=model._eval_rows())
