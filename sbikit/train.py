@@ -360,6 +360,9 @@ def fit(
             dynamic_ncols=True,
         )
         steps_per_epoch = max(1, math.ceil(n_train / bs))  # positions the cosine schedule within an epoch
+        # Validation batches: up to 4096 rows, but at most 2**21 input elements (8 MiB of float32;
+        # 512 rows of 64 x 64 images), so that network activations do not outgrow streamed data.
+        val_bs = max(bs, min(4096, _VALIDATION_ELEMENTS // max(1, source.row_elements())))
 
         def rate_at(progress: float) -> float:
             """The cosine schedule's rate after ``progress`` epochs (restarted once the rule fired)."""
@@ -408,11 +411,9 @@ def fit(
                 count += m
             train_loss = float(total) / max(count, 1)
             val_loss = (
-                source.val_loss(model, loss_fn, batch_size=max(bs, 4096))
-                if ema is None or _VALIDATE_RAW_TOO
-                else math.inf
+                source.val_loss(model, loss_fn, batch_size=val_bs) if ema is None or _VALIDATE_RAW_TOO else math.inf
             )
-            ema_val = source.val_loss(ema, loss_fn, batch_size=max(bs, 4096)) if ema is not None else math.inf
+            ema_val = source.val_loss(ema, loss_fn, batch_size=val_bs) if ema is not None else math.inf
             use_ema = ema_val < val_loss
             val_loss = min(val_loss, ema_val)
             lr = opt.param_groups[0]["lr"]
@@ -506,6 +507,10 @@ def fit(
         return result
 
 
+#: Input elements per validation batch of :func:`fit` (rows of all tensors together).
+_VALIDATION_ELEMENTS = 2**21
+
+
 # -- data sources ---------------------------------------------------------------------------------
 class _InMemory:
     """Tensors held on the device; batches are taken by indexing a permutation."""
@@ -527,6 +532,10 @@ class _InMemory:
 
     def describe(self) -> dict[str, object]:
         return {"kind": "memory", "shapes": [list(s) for s in self.shapes], "sums": self.sums}
+
+    def row_elements(self) -> int:
+        """Entries of one row, all tensors together."""
+        return sum(math.prod(s[1:]) for s in self.shapes)
 
     def train_batches(self, bs: int, gen: torch.Generator) -> Iterator[list[Tensor]]:
         order = torch.randperm(self.n_train, generator=gen).to(self.device)
@@ -628,6 +637,10 @@ class _Streamed:
     def describe(self) -> dict[str, object]:
         shapes = [list(a.shape) for a in self.data.arrays]
         return {"kind": "stream", "shapes": shapes, "block_rows": self.data.block_rows}
+
+    def row_elements(self) -> int:
+        """Entries of one row, all arrays together."""
+        return sum(math.prod(int(v) for v in a.shape[1:]) for a in self.data.arrays)
 
     def _load(self, blocks: list[int], validation: bool) -> list[Tensor]:
         parts = []
