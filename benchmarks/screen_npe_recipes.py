@@ -112,10 +112,6 @@ def main() -> None:
 
     _, u, x = pairs(n, n)
     _, u_test, x_test = pairs(20_000, 999)
-    if cfg.get("ema_raw") is False:  # validate the weight average only
-        import sbikit.train as train_module
-
-        train_module._VALIDATE_RAW_TOO = False
     if cfg.get("lu"):  # a learned LU-factorised linear map after every permutation
         from nflows.transforms import CompositeTransform, LULinear, RandomPermutation
 
@@ -160,7 +156,6 @@ def main() -> None:
             "best_epoch": res.best_epoch,
             "best_val": res.best_val_loss,
             "regularized_from": res.regularized_from,
-            "best_is_average": res.best_is_average,
             "train_loss": res.train_loss,
             "val_loss": res.val_loss,
         }

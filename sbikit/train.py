@@ -121,8 +121,6 @@ class FitResult:
         stopped_early: whether early stopping ended training before ``max_epochs``.
         regularized_from: first epoch (0-based) trained under an :class:`OverfitRule`'s
             weight decay, ``None`` when the rule never fired (or none was given).
-        best_is_average: whether the restored weights are the moving average of the
-            weights (``ema_decay``) rather than the weights of an epoch's end.
     """
 
     train_loss: list[float] = field(default_factory=list)
@@ -133,7 +131,6 @@ class FitResult:
     train_time: float = 0.0
     stopped_early: bool = False
     regularized_from: int | None = None
-    best_is_average: bool = False
 
     @property
     def best_val_loss(self) -> float:
@@ -149,7 +146,6 @@ class FitResult:
             "train_time": self.train_time,
             "stopped_early": self.stopped_early,
             "regularized_from": self.regularized_from,
-            "best_is_average": self.best_is_average,
             "best_val_loss": self.best_val_loss,
         }
 
@@ -226,9 +222,10 @@ def fit(
         weight_decay: AdamW weight decay.
         on_overfit: an :class:`OverfitRule`: once the validation loss stalls while the
             training loss still falls, continue from the best weights with weight decay.
-        ema_decay: keep an exponential moving average of the weights (updated after every
-            step with this decay per step), evaluate it on the validation rows after every
-            epoch as well, and restore it when it is the best; ``None``: off.
+        ema_decay: keep an exponential moving average of the weights (Polyak averaging,
+            updated after every step with this decay per step) and use it in place of the
+            weights for validation, early stopping and the returned model (``val_loss`` is
+            then the average's); ``None``: off.
         device: where to train.
         num_threads: CPU threads torch may use while training (restored afterwards).
             ``None`` picks 1 for models under a million parameters: such small steps
@@ -403,19 +400,14 @@ def fit(
                     nn.utils.clip_grad_norm_(params, clip_norm)
                 opt.step()
                 if ema_decay is not None:
-                    with torch.no_grad():
-                        for e, p in zip(ema_params, params, strict=True):
-                            e.lerp_(p, 1.0 - ema_decay)
+                    with torch.no_grad():  # one fused call, as torch.optim.swa_utils does
+                        torch._foreach_lerp_(ema_params, params, 1.0 - ema_decay)
                 m = int(batch[0].shape[0])
                 total += loss.detach() * m
                 count += m
             train_loss = float(total) / max(count, 1)
-            val_loss = (
-                source.val_loss(model, loss_fn, batch_size=val_bs) if ema is None or _VALIDATE_RAW_TOO else math.inf
-            )
-            ema_val = source.val_loss(ema, loss_fn, batch_size=val_bs) if ema is not None else math.inf
-            use_ema = ema_val < val_loss
-            val_loss = min(val_loss, ema_val)
+            # With ema_decay, the moving average is what is validated, kept and returned.
+            val_loss = source.val_loss(model if ema is None else ema, loss_fn, batch_size=val_bs)
             lr = opt.param_groups[0]["lr"]
             result.train_loss.append(train_loss)
             result.val_loss.append(val_loss)
@@ -431,8 +423,8 @@ def fit(
                 improved = val_loss < best - min_delta
                 if val_loss < best:
                     # Any gain yields the best weights; only a gain above min_delta renews patience.
-                    best, result.best_epoch, result.best_is_average = val_loss, epoch, use_ema
-                    best_state = copy.deepcopy((ema if use_ema and ema is not None else model).state_dict())
+                    best, result.best_epoch = val_loss, epoch
+                    best_state = copy.deepcopy((model if ema is None else ema).state_dict())
                 if improved:
                     since_best = since_lr = 0
                 else:
@@ -446,6 +438,8 @@ def fit(
                 ):
                     # Overfitting: back to the best weights, on with weight decay (and a fresh patience).
                     model.load_state_dict(best_state)
+                    if ema is not None:
+                        ema.load_state_dict(best_state)
                     for group in opt.param_groups:
                         group["weight_decay"] = on_overfit.weight_decay
                     result.regularized_from = epoch + 1
@@ -811,7 +805,6 @@ _FINGERPRINT_DEFAULTS: dict[str, Any] = {
     "on_overfit": None,
     "ema_decay": None,
 }
-_VALIDATE_RAW_TOO = True  # screening switch (ema_decay): also validate the raw weights
 _OVERFIT_FIELDS = ("patience", "weight_decay", "restart_epochs", "restart_factor")
 
 

@@ -13,7 +13,7 @@ import sbikit
 import simulators
 from sbikit.flows import build_flow
 from sbikit.inference.npe import npe_loss
-from sbikit.train import StreamingData, fit, running_moments, stream_or_load
+from sbikit.train import OverfitRule, StreamingData, fit, running_moments, stream_or_load
 
 zarr = pytest.importorskip("zarr")
 
@@ -69,7 +69,14 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("schedule", [{}, {"schedule": "cosine", "warmup_epochs": 1.5}])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        {},
+        {"schedule": "cosine", "warmup_epochs": 1.5},
+        {"schedule": "cosine", "ema_decay": 0.9},  # the moving average of the weights is resumed too
+    ],
+)
 def test_resume_after_crash_mid_epoch_equals_uninterrupted(pairs, tmp_path, schedule):
     """A run that dies in the middle of epoch 4 (after 3 checkpoints) resumes to the same result.
 
@@ -97,6 +104,59 @@ def test_resume_after_crash_mid_epoch_equals_uninterrupted(pairs, tmp_path, sche
     assert torch.equal(flat(resumed), flat(full))
     assert r_res.val_loss == r_full.val_loss
     assert r_res.learning_rate == r_full.learning_rate
+
+
+def test_resume_after_the_overfit_rule_fired_equals_uninterrupted(tmp_path):
+    """A run killed after its OverfitRule fired resumes with the weight decay and restarted schedule."""
+    gen = torch.Generator().manual_seed(1)
+    xs = torch.randn(150, 3, generator=gen)
+    ys = xs @ torch.tensor([-2.0, 0.5, 3.0]) + torch.randn(150, generator=gen)  # noisy: a wide MLP memorises it
+
+    def mlp() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(3, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 1))
+
+    def mse(model: nn.Module, a: Tensor, b: Tensor) -> Tensor:
+        return ((model(a).squeeze(-1) - b) ** 2).mean()
+
+    kw = dict(
+        seed=0,
+        schedule="cosine",
+        learning_rate=1e-2,
+        max_epochs=30,
+        batch_size=16,
+        patience=1000,
+        validation_fraction=0.3,
+        ema_decay=0.9,
+        on_overfit=OverfitRule(patience=3, weight_decay=1.0, restart_epochs=8, restart_factor=0.5),
+        progress=False,
+    )
+    full = mlp()
+    r_full = fit(full, mse, (xs, ys), **kw)
+    k = r_full.regularized_from
+    assert k is not None and r_full.epochs == k + 8
+    steps = math.ceil(105 / 16)
+    calls = 0
+
+    def crashing(model: nn.Module, *batch: Tensor) -> Tensor:
+        nonlocal calls
+        calls += model.training
+        if calls == (k + 2) * steps + 1:  # two epochs after the rule fired
+            raise Crash
+        return mse(model, *batch)
+
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(Crash):
+        fit(mlp(), crashing, (xs, ys), checkpoint=ckpt, **kw)
+    assert torch.load(ckpt, weights_only=True)["epoch"] == k + 2
+    resumed = mlp()
+    r_res = fit(resumed, mse, (xs, ys), checkpoint=ckpt, resume=True, **kw)
+    assert torch.equal(flat(resumed), flat(full))
+    assert (r_res.val_loss, r_res.learning_rate, r_res.regularized_from) == (
+        r_full.val_loss,
+        r_full.learning_rate,
+        k,
+    )
 
 
 def test_resume_of_a_finished_run_returns_its_best_weights(pairs, tmp_path):
