@@ -508,3 +508,42 @@ def test_cvae_resume_matches_uninterrupted(tmp_path) -> None:
     for (k, v), w in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(v, w), k
     assert resumed.history.train_loss == full.history.train_loss
+
+
+def test_cvae_pca_decoder_basis_and_span(tmp_path) -> None:
+    """decoder="pca": an orthonormal basis from the training images, means in its span, saved with the model."""
+    gen = torch.Generator().manual_seed(1)
+    grid = torch.linspace(-1.0, 1.0, 8)
+    yy, xx = torch.meshgrid(grid, grid, indexing="ij")
+    blob = torch.exp(-(xx**2 + yy**2) / 0.3)
+    patterns = torch.stack([blob, xx * blob])  # two directions the images vary along
+    patterns = 4.0 * patterns / patterns.flatten(1).norm(dim=1)[:, None, None]
+    theta = torch.rand(400, 2, generator=gen)
+    noise = 0.1
+    x = torch.einsum("nk,khw->nhw", theta, patterns) + noise * torch.randn(400, 8, 8, generator=gen)
+    emu = ConditionalVAE(2, hidden_features=16, channels=(4,), decoder="pca", num_components=5)
+    emu.fit(theta, x, seed=0, max_epochs=3, device="cpu", progress=False)
+    basis = emu.pca_basis
+    assert basis.shape == (5, 64)
+    torch.testing.assert_close(basis @ basis.T, torch.eye(5), atol=1e-5, rtol=0)
+    # every decoded mean lies in mean + span(basis), whatever z and theta
+    z = torch.randn(20, 2, generator=gen)
+    ts = emu.standardize_theta(torch.rand(20, 2, generator=gen))
+    with torch.no_grad():
+        means = emu._decode(z, ts).flatten(1) - emu.pca_mean
+    torch.testing.assert_close(means @ basis.T @ basis, means, atol=1e-4, rtol=0)
+    # the two leading components span the patterns: per pattern the squared fraction outside
+    # is ~ (64 - 2) noise^2 / (n var(theta) |pattern|^2) ~ 1e-4 (eigenvector perturbation);
+    # 0.01 allows 100x that, while a pattern orthogonal to the span would give 1
+    top = basis[:2]
+    for p in patterns.flatten(1):
+        outside = p - (p @ top.T) @ top
+        assert float(outside.norm() ** 2 / p.norm() ** 2) < 0.01
+    path = emu.save(tmp_path / "pca.pt")
+    loaded = load_emulator(path)
+    assert loaded.decoder_kind == "pca" and loaded.num_components == 5
+    torch.testing.assert_close(loaded.pca_basis, basis)
+    theta_new = np.array([[0.2, 0.7]])
+    np.testing.assert_array_equal(loaded.simulate(theta_new, seed=3), emu.simulate(theta_new, seed=3))
+    with pytest.raises(ValueError, match="num_components must be"):
+        ConditionalVAE(2, decoder="pca", num_components=0)

@@ -9,6 +9,7 @@ noise is exactly of this form).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,9 +26,12 @@ from sbikit.utils import resolve_device
 
 __all__ = ["ConditionalVAE", "cvae_loss", "cvae_terms", "DECODERS"]
 
+logger = logging.getLogger(__name__)
+
 _LOG_2PI = math.log(2 * math.pi)
-#: Decoders for images: convolutional (``ConvDecoder``) or an MLP to all pixels.
-DECODERS: tuple[str, ...] = ("conv", "mlp")
+#: Decoders for images: convolutional (``ConvDecoder``), an MLP to all pixels, or an MLP to the
+#: coefficients of the training images' leading principal components.
+DECODERS: tuple[str, ...] = ("conv", "mlp", "pca")
 # log noise scale = _NOISE_GAIN * parameter: a learning rate 10x that of the weights for it.
 _NOISE_GAIN = 10.0
 
@@ -84,7 +88,10 @@ class ConditionalVAE(Emulator):
     Networks: for vectors ``(D,)`` MLPs (encoder on ``[x, theta]``, decoder on ``[z, theta]``);
     for images ``(H, W)`` / ``(C, H, W)`` a :class:`~sbikit.compressors.ConvEncoder` (positions
     kept, ``pooling="flatten"``) whose features are joined with ``theta`` in an MLP head, and a
-    decoder fed ``[z, theta]``: an MLP to all pixels (``decoder="mlp"``, default) or a
+    decoder fed ``[z, theta]``: an MLP to all pixels (``decoder="mlp"``, default), an MLP to
+    the coefficients of the ``num_components`` leading principal components of the training
+    images (``decoder="pca"``: mean image plus coefficients times a fixed orthonormal basis
+    ``(num_components, H W)`` computed by :meth:`fit`), or a
     :class:`~sbikit.compressors.ConvDecoder` (``decoder="conv"``). ``theta`` enters
     standardised. The likelihood is Gaussian with one learned scale per output element.
 
@@ -99,7 +106,8 @@ class ConditionalVAE(Emulator):
         num_layers: hidden layers of the vector MLPs.
         channels: channels per convolutional stage (images).
         beta: weight of the KL term (``1`` is the ELBO).
-        decoder: ``"mlp"`` or ``"conv"`` for images (vectors always use an MLP).
+        decoder: ``"mlp"``, ``"pca"`` or ``"conv"`` for images (vectors always use an MLP).
+        num_components: size of the basis of ``decoder="pca"`` (at most ``H W``).
         x_shape, theta_dim, prior, theta_names: see :class:`~sbikit.emulators.Emulator`.
     """
 
@@ -112,6 +120,7 @@ class ConditionalVAE(Emulator):
         channels: Sequence[int] = DEFAULT_CHANNELS,
         beta: float = 1.0,
         decoder: str = "mlp",
+        num_components: int = 64,
         x_shape: Sequence[int] | None = None,
         theta_dim: int | None = None,
         prior: Any = None,
@@ -131,6 +140,9 @@ class ConditionalVAE(Emulator):
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.decoder_kind = decoder
+        if int(num_components) < 1:
+            raise ValueError(f"num_components must be a positive integer, got {num_components}")
+        self.num_components = int(num_components)
         self._maybe_build()
 
     def _config(self) -> dict[str, Any]:
@@ -140,6 +152,7 @@ class ConditionalVAE(Emulator):
             "channels": list(self.channels),
             "beta": self.beta,
             "decoder": self.decoder_kind,
+            "num_components": self.num_components,
         }
 
     def _build(self) -> None:
@@ -150,6 +163,13 @@ class ConditionalVAE(Emulator):
             self.encoder_head = mlp(h + d, 2 * k, h, 1)
             if self.decoder_kind == "conv":
                 self.decoder = ConvDecoder(k + d, self.x_shape, channels=self.channels)
+            elif self.decoder_kind == "pca":
+                size = math.prod(self.x_shape)
+                m = min(self.num_components, size)
+                self.decoder = mlp(k + d, m, h, self.num_layers)
+                # filled by fit (set_pca_basis): orthonormal rows, and the mean image, standardised units
+                self.register_buffer("pca_basis", torch.zeros(m, size))
+                self.register_buffer("pca_mean", torch.zeros(size))
             else:
                 self.decoder = mlp(k + d, math.prod(self.x_shape), h, self.num_layers)
         else:
@@ -182,11 +202,49 @@ class ConditionalVAE(Emulator):
         mu, log_var = h.chunk(2, dim=1)
         return mu, log_var.clamp(-12.0, 8.0)
 
+    @property
+    def uses_pca(self) -> bool:
+        """Whether the decoder mean is built from a principal-component basis (images, ``decoder="pca"``)."""
+        return self.is_image and self.decoder_kind == "pca"
+
     def _decode(self, z: Tensor, theta_s: Tensor) -> Tensor:
         """Latents ``(b, k)`` and standardised ``theta`` ``(b, d)`` -> standardised means ``(b, *x_shape)``."""
         assert self.x_shape is not None
         out = self.decoder(torch.cat([z, theta_s], dim=1))
+        if self.uses_pca:
+            out = out @ self.pca_basis + self.pca_mean
         return out.reshape(z.shape[0], *self.x_shape)
+
+    @torch.no_grad()
+    def _set_pca_basis(self, x_s: Tensor) -> None:
+        """Fill ``pca_basis`` ``(m, D)`` and ``pca_mean`` ``(D,)`` from standardised training data ``(n, *x_shape)``.
+
+        The basis is the ``m`` leading eigenvectors of the sample covariance (accumulated in
+        float64 blocks, ``D x D``), i.e. the right singular vectors of the centred data; with
+        fewer than ``m`` rows the surplus rows stay zero (unused coefficients).
+        """
+        flat = x_s.flatten(1)
+        n, size = flat.shape
+        mean = flat.double().mean(0)
+        cov = torch.zeros(size, size, dtype=torch.float64)
+        for i in range(0, n, 4096):
+            block = flat[i : i + 4096].double() - mean
+            cov += block.T @ block
+        vals, vecs = torch.linalg.eigh(cov)  # ascending
+        m = min(len(self.pca_basis), n - 1) if n > 1 else 0
+        basis = torch.zeros_like(self.pca_basis)
+        if m > 0:
+            basis[:m] = vecs[:, -m:].flip(1).T.to(basis)
+        self.pca_basis.copy_(basis)
+        self.pca_mean.copy_(mean.to(self.pca_mean))
+        total = float(vals.clamp(min=0).sum())
+        kept = float(vals[len(vals) - m :].clamp(min=0).sum()) if m > 0 else 0.0
+        logger.info(
+            "ConditionalVAE: the decoder's %d principal components hold %.1f%% of the training images' variance "
+            "(the rest is left to the per-pixel noise)",
+            m,
+            100.0 * kept / total if total > 0 else 100.0,
+        )
 
     def _draw(self, theta_s: Tensor, gen: torch.Generator) -> Tensor:
         assert self.x_shape is not None
@@ -208,6 +266,8 @@ class ConditionalVAE(Emulator):
         max_epochs: int = 200,
         validation_fraction: float = 0.1,
         patience: int = 20,
+        schedule: str = "plateau",
+        weight_decay: float = 0.0,
         device: str | torch.device = "auto",
         progress: bool = True,
         checkpoint: str | Path | None = None,
@@ -226,6 +286,8 @@ class ConditionalVAE(Emulator):
             batch_size, learning_rate, max_epochs, validation_fraction, patience, progress:
                 passed to :func:`sbikit.train.fit` (early stopping on the validation ELBO, the
                 best epoch's weights restored).
+            schedule, weight_decay: learning-rate schedule (``"plateau"`` or ``"cosine"``)
+                and AdamW weight decay, passed to :func:`sbikit.train.fit`.
             device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
             checkpoint: file written atomically after every epoch; with ``resume=True`` a
                 killed fit continues from it and ends as the uninterrupted run would.
@@ -251,6 +313,8 @@ class ConditionalVAE(Emulator):
             th, xt = prepared
             with torch.no_grad():
                 data = (self.standardize_theta(th.to(self.device)).cpu(), self.standardize_x(xt.to(self.device)).cpu())
+        if self.uses_pca:
+            self._set_pca_basis(data[1])
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -264,6 +328,8 @@ class ConditionalVAE(Emulator):
                 max_epochs=max_epochs,
                 validation_fraction=validation_fraction,
                 patience=patience,
+                schedule=schedule,
+                weight_decay=weight_decay,
                 device=dev,
                 progress=progress,
                 description="ConditionalVAE",
