@@ -247,6 +247,8 @@ def bench_emulators(store: sbikit.SimulationStore, args: argparse.Namespace, dev
     nbytes = 4 * int(np.prod(store.x.shape))
     ctx = multiprocessing.get_context("spawn")
     for kind, name in (("cvae", "ConditionalVAE"), ("wgan", "ConditionalWGAN")):
+        if kind not in args.emulator_models:
+            continue
         for mode, limit in (("in memory", None), ("streamed", 0)):
             with ctx.Pool(1) as pool:
                 res = pool.apply(_emulator_child, (kind, str(store.path), limit, args.emulator_epochs, device))
@@ -318,6 +320,7 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=5_000)
     parser.add_argument("--emulator-images", type=int, default=20_000)
     parser.add_argument("--emulator-epochs", type=int, default=1)
+    parser.add_argument("--emulator-models", nargs="+", default=["cvae", "wgan"], choices=["cvae", "wgan"])
     parser.add_argument(
         "--parts", nargs="+", default=["simulate", "train", "emulators"], choices=["simulate", "train", "emulators"]
     )
