@@ -620,3 +620,21 @@ def test_streamed_fits_on_cuda(grf_store, tmp_path) -> None:
         sign = torch.sign(pca.components[i].cpu() @ ref.components[i])
         torch.testing.assert_close(pca.components[i].cpu(), sign * ref.components[i], atol=1e-5, rtol=0)
     torch.testing.assert_close(pca.encode(x), ref.encode(x), atol=1e-4, rtol=1e-4)
+
+
+def test_encode_passes_at_most_encode_elements_per_batch(grf_store, monkeypatch) -> None:
+    # encode reads up to 4096 rows at a time but feeds the network batches of at most
+    # _ENCODE_ELEMENTS input entries (bounded activations for large images); the summaries do
+    # not depend on the batching beyond float32 rounding.
+    x_mem = np.asarray(grf_store.x[:])
+    ae = AutoEncoder(4, channels=SMALL).fit(x_mem, **FAST)
+    whole = ae.encode(x_mem)
+    monkeypatch.setattr("sbikit.compressors.base._ENCODE_ELEMENTS", 16 * 16 * 10)  # 10 rows of 16 x 16
+    sizes: list[int] = []
+    network = ae._encode
+    monkeypatch.setattr(ae, "_encode", lambda xs: (sizes.append(len(xs)), network(xs))[1])
+    for source in (x_mem, grf_store.x):  # in memory, and read from disk
+        sizes.clear()
+        batched = ae.encode(source)
+        assert max(sizes) == 10 and sum(sizes) == STORE_ROWS
+        torch.testing.assert_close(batched, whole, atol=1e-5, rtol=0)

@@ -42,8 +42,11 @@ logger = logging.getLogger(__name__)
 FORMAT = "sbikit-compressor"
 FORMAT_VERSION = 1
 
-# Rows encoded at once (bounds memory for large data sets).
+# Rows read at once by encode (bounds memory for large data sets); each read goes through the
+# networks in batches of at most _ENCODE_ELEMENTS input entries (512 rows of 64 x 64 images),
+# so that convolutional activations stay small.
 _ENCODE_CHUNK = 4096
+_ENCODE_ELEMENTS = 2**21
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -340,15 +343,18 @@ class Compressor(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            out = torch.cat(
-                [
-                    self._encode(self._standardize(xt[i : i + _ENCODE_CHUNK].to(self.device))).cpu()
-                    for i in range(0, len(xt), _ENCODE_CHUNK)
-                ]
-            )
+            out = self._encode_batches(xt)
         finally:
             self.train(was_training)
         return out[0] if single else out
+
+    def _encode_batches(self, xt: Tensor) -> Tensor:
+        """Data units ``(n, *x_shape)`` on the CPU -> summaries ``(n, k)`` on the CPU, batch by batch."""
+        assert self.x_shape is not None
+        rows = max(1, min(_ENCODE_CHUNK, _ENCODE_ELEMENTS // math.prod(self.x_shape)))
+        return torch.cat(
+            [self._encode(self._standardize(xt[i : i + rows].to(self.device))).cpu() for i in range(0, len(xt), rows)]
+        )
 
     @torch.no_grad()
     def _encode_from_disk(self, x: Any) -> Tensor:
@@ -369,7 +375,7 @@ class Compressor(nn.Module):
                         f"x holds NaN or inf in {int((~ok).sum())} of its rows {i} to {i + len(xt) - 1} (of {n}); "
                         "compressors need finite data: encode only the finite rows (store.finite_mask())"
                     )
-                out.append(self._encode(self._standardize(xt.to(self.device))).cpu())
+                out.append(self._encode_batches(xt))
         finally:
             self.train(was_training)
         assert self.num_summaries is not None
