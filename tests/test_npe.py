@@ -124,3 +124,16 @@ def test_two_moons_controls(two_moons_run) -> None:
     exact = sim.sample_posterior(x_a, 2 * NUM_SAMPLES, seed=2)
     one_moon = exact[exact.sum(-1) >= 0][:NUM_SAMPLES]
     assert c2st(one_moon, reference) > TWO_MOONS_MAX_C2ST
+
+
+def test_default_recipe_returns_the_weight_average(two_moons_run) -> None:
+    """NSF and MAF on vectors train with the validated moving average of the weights (EMA_DECAY)."""
+    from sbikit.inference.npe import EMA_DECAY, default_recipe
+
+    _, posterior = two_moons_run
+    assert posterior.info["recipe"]["ema_decay"] == EMA_DECAY == 0.99
+    assert posterior.info["regularized_from"] is None  # no overfitting rule by default
+    assert default_recipe("maf", 9_000).ema_decay == EMA_DECAY
+    # Not screened with the plateau schedule (RealNVP, a jointly trained CNN): off there.
+    assert default_recipe("realnvp", 9_000).ema_decay is None
+    assert default_recipe("nsf", 9_000, conv_embedding=True).ema_decay is None
