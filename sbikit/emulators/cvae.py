@@ -268,6 +268,7 @@ class ConditionalVAE(Emulator):
         patience: int = 20,
         schedule: str = "plateau",
         weight_decay: float = 0.0,
+        ema_decay: float | None = None,
         device: str | torch.device = "auto",
         progress: bool = True,
         checkpoint: str | Path | None = None,
@@ -286,8 +287,10 @@ class ConditionalVAE(Emulator):
             batch_size, learning_rate, max_epochs, validation_fraction, patience, progress:
                 passed to :func:`sbikit.train.fit` (early stopping on the validation ELBO, the
                 best epoch's weights restored).
-            schedule, weight_decay: learning-rate schedule (``"plateau"`` or ``"cosine"``)
-                and AdamW weight decay, passed to :func:`sbikit.train.fit`.
+            schedule, weight_decay, ema_decay: learning-rate schedule (``"plateau"`` or
+                ``"cosine"``), AdamW weight decay and the decay of a moving average of the
+                weights (validated and returned instead of the last iterate; ``None``: off),
+                passed to :func:`sbikit.train.fit`.
             device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
             checkpoint: file written atomically after every epoch; with ``resume=True`` a
                 killed fit continues from it and ends as the uninterrupted run would.
@@ -330,6 +333,7 @@ class ConditionalVAE(Emulator):
                 patience=patience,
                 schedule=schedule,
                 weight_decay=weight_decay,
+                ema_decay=ema_decay,
                 device=dev,
                 progress=progress,
                 description="ConditionalVAE",
