@@ -4,7 +4,12 @@ Task ``sersic`` (32 x 32 galaxy, 5 parameters; or ``grf``). Steps, all seeded:
 
 1. Training set: ``theta = prior.sample(n_train, seed=0)``, ``x = simulate(theta, seed=1)``.
 2. Each emulator (``cvae``: :class:`sbikit.emulators.ConditionalVAE`, ``wgan``:
-   :class:`sbikit.emulators.ConditionalWGAN`) is fitted on it (seed 0).
+   :class:`sbikit.emulators.ConditionalWGAN`) is fitted on it (seed 0). The CVAE has 256
+   hidden units, ``latent_dim`` 8 and, by default here, ``decoder="pca"`` with 64 components
+   (``--cvae-decoder``, ``--num-components``; chosen by ``benchmarks/screen_emulators.py``);
+   the first recorded run (2026-12-01) used ``--cvae-decoder mlp``, the library default.
+   ``--cvae-schedule cosine`` switches its learning-rate schedule (then pass a large
+   ``--patience`` to use the whole ``--max-epochs`` budget).
 3. A :class:`sbikit.compressors.Regression` CNN is fitted on the REAL training set (seed 0);
    its frozen summaries serve every comparison below.
 4. Fidelity (:func:`sbikit.emulators.fidelity`) at ``--num-theta-test`` parameters drawn
@@ -82,7 +87,14 @@ def machine() -> dict[str, Any]:
 def build_emulator(name: str, prior: Any, args: argparse.Namespace) -> Any:
     channels = tuple(args.channels)
     if name == "cvae":
-        return ConditionalVAE(args.latent_dim, decoder="mlp", hidden_features=256, channels=channels, prior=prior)
+        return ConditionalVAE(
+            args.latent_dim,
+            decoder=args.cvae_decoder,
+            num_components=args.num_components,
+            hidden_features=256,
+            channels=channels,
+            prior=prior,
+        )
     return ConditionalWGAN(args.latent_dim, generator="mlp", hidden_features=256, channels=channels, prior=prior)
 
 
@@ -90,7 +102,7 @@ def fit_emulator(emu: Any, name: str, theta: torch.Tensor, x: np.ndarray, args: 
     t0 = time.perf_counter()
     kw = {"seed": 0, "device": args.device, "progress": args.progress, "max_epochs": args.max_epochs}
     if name == "cvae":
-        emu.fit(theta, x, patience=args.patience, **kw)
+        emu.fit(theta, x, patience=args.patience, schedule=args.cvae_schedule, **kw)
     else:
         emu.fit(theta, x, learning_rate=args.wgan_learning_rate, **kw)
     return time.perf_counter() - t0
@@ -241,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--max-epochs", type=int, default=200, help="emulators and compressor")
     parser.add_argument("--patience", type=int, default=20, help="CVAE early stopping")
+    parser.add_argument("--cvae-decoder", choices=("mlp", "pca", "conv"), default="pca")
+    parser.add_argument("--num-components", type=int, default=64, help="CVAE basis size (decoder pca)")
+    parser.add_argument("--cvae-schedule", choices=("plateau", "cosine"), default="plateau")
     parser.add_argument("--wgan-learning-rate", type=float, default=1e-3)
     parser.add_argument("--npe-max-epochs", type=int, default=None)
     parser.add_argument("--npe-floor", action=argparse.BooleanOptionalAction, default=True)
