@@ -406,6 +406,10 @@ def fit(
                 total += loss.detach() * m
                 count += m
             train_loss = float(total) / max(count, 1)
+            if ema is not None:  # buffers (e.g. batch-norm statistics) are the model's own, not averaged
+                with torch.no_grad():
+                    for e_buf, m_buf in zip(ema.buffers(), model.buffers(), strict=True):
+                        e_buf.copy_(m_buf)
             # With ema_decay, the moving average is what is validated, kept and returned.
             val_loss = source.val_loss(model if ema is None else ema, loss_fn, batch_size=val_bs)
             lr = opt.param_groups[0]["lr"]

@@ -365,3 +365,15 @@ def test_overfit_rule_restart_ends_training_after_restart_epochs() -> None:
     peak = 0.5 * cosine_learning_rate(k, 60, 1e-2, min_learning_rate=1e-5)
     assert max(result.learning_rate[k:]) <= peak
     assert result.learning_rate[-1] < 0.05 * peak
+
+
+def test_weight_average_is_validated_and_returned_with_the_models_buffers() -> None:
+    x, y = _regression()
+    x = x + 5.0  # batch-norm statistics far from their initial (0, 1)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm1d(3), nn.Linear(3, 1))
+    result = fit(model, _mse, (x, y), seed=0, learning_rate=0.05, max_epochs=10, ema_decay=0.9, progress=False)
+    # The returned model (the average) fits: the target's variance is ~14, its noise 0.01.
+    assert math.isfinite(result.best_val_loss) and evaluate(model, _mse, (x, y)) < 0.5 * float(y.var())
+    # The running statistics came with it (an average that kept its initial buffers has mean 0).
+    assert float(model[0].running_mean.min()) > 2.0
