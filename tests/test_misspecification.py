@@ -13,7 +13,7 @@ from scipy import special, stats
 import sbikit
 import simulators
 from sbikit.density import ObservationCheck, OutOfDistributionWarning, TypicalityCheck, check_observation
-from sbikit.density.misspecification import min_simulations
+from sbikit.density.misspecification import atypical_count_tail, min_simulations
 
 
 def _gauss(n: int, dim: int, seed: int, shift: float | torch.Tensor = 0.0) -> torch.Tensor:
@@ -200,3 +200,47 @@ def test_residual_statistic_on_few_features(features: int) -> None:
     assert res.components.shape == (features, min(8, features - 1))
     out = res(x)
     assert out.shape == (50, 1) and bool(torch.isfinite(out).all())
+
+
+def test_batched_sampling_warns_only_beyond_chance(linear_posterior: tuple) -> None:
+    # m observations at once: the warning fires when the count K with p <= level is unlikely
+    # under its exact null distribution (a call's false-alarm rate stays at level), not for a
+    # few borderline observations among many.
+    sim, post = linear_posterior
+    n_ref = len(post.typicality.reference)
+    level = max(1e-3, 1.0 / (n_ref + 1))
+    x_ok = torch.as_tensor(sim.simulate(sim.prior.sample(300, seed=11), seed=12), dtype=torch.float32)
+    far = torch.tensor([[30.0, -30.0]])
+    one_bad = torch.cat([x_ok[:299], far])
+    k = int((post.check_observation(one_bad).p_value <= level * (1 + 1e-9)).sum())
+    assert 1 <= k <= 3 and atypical_count_tail(k, 300, n_ref, level) > level  # chance explains k: silent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OutOfDistributionWarning)
+        post.sample(3, x=one_bad, seed=0)
+    many_bad = torch.cat([x_ok[:290], far.expand(10, -1)])  # P(K >= 10) < 1e-10: warns, and counts them
+    with pytest.warns(OutOfDistributionWarning, match=r"1\d of 300 observations .* expected by chance"):
+        post.sample(3, x=many_bad, seed=0)
+    # Control: the far observation alone still warns.
+    with pytest.warns(OutOfDistributionWarning, match="the observation is"):
+        post.sample(3, x=far[0], seed=0)
+
+
+@pytest.mark.parametrize(("m", "n_ref", "level"), [(1, 999, 1e-3), (300, 999, 1e-3), (50, 199, 0.02)])
+def test_atypical_count_tail_matches_monte_carlo(m: int, n_ref: int, level: float) -> None:
+    # Exchangeable statistics: uniform references and observations, conformal p-values as in
+    # TypicalityCheck; the exact tail P(K >= k) against 4,000 draws within 4 binomial sd.
+    rng = np.random.default_rng(0)
+    draws = 4000
+    counts = np.empty(draws, dtype=int)
+    for r in range(draws):
+        ref = np.sort(rng.random(n_ref))
+        p = (1 + np.searchsorted(ref, rng.random(m), side="right")) / (n_ref + 1)
+        counts[r] = int((p <= level * (1 + 1e-9)).sum())
+    for k in range(1, 5):
+        exact = atypical_count_tail(k, m, n_ref, level)
+        se = math.sqrt(max(exact * (1 - exact), 1e-4) / draws)
+        assert abs(float((counts >= k).mean()) - exact) <= 4 * se, (k, exact)
+    assert atypical_count_tail(0, m, n_ref, level) == 1.0
+    assert atypical_count_tail(1, m, n_ref, 0.1 / (n_ref + 1)) == 0.0  # no p-value is that small
+    # Negative control: the binomial tail, which ignores the shared references, is far too light.
+    assert atypical_count_tail(6, 1000, 999, 1e-3) > 10 * stats.binom.sf(5, 1000, 1e-3)

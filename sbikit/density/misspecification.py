@@ -27,7 +27,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from scipy.special import gammaln
 from torch import Tensor
 
 from sbikit.utils import as_float_tensor
@@ -41,6 +43,7 @@ __all__ = [
     "DEFAULT_NEIGHBOURS",
     "min_simulations",
     "WARN_P_VALUE",
+    "atypical_count_tail",
 ]
 
 #: Neighbour whose distance estimates the density (a bias/variance trade-off; 10 is common).
@@ -57,6 +60,47 @@ _BLOCK = 4096
 def min_simulations(neighbours: int = DEFAULT_NEIGHBOURS) -> int:
     """Fewest simulations :meth:`TypicalityCheck.fit` accepts: 20 reference rows (a third) and a bank of ``k + 1``."""
     return max(60, math.ceil(1.5 * (neighbours + 1)))
+
+
+def atypical_count_tail(k: int, m: int, num_reference: int, level: float) -> float:
+    """Null probability that at least ``k`` of ``m`` observations get a p-value ``<= level``.
+
+    The p-values ``(1 + #{reference <= t}) / (N + 1)`` of ``m`` observations share one
+    reference set of ``N`` rows, so they are dependent: under the null hypothesis (all
+    ``m + N`` statistics exchangeable) the number ``K`` of observations with ``p <= level``
+    is the number of observations ranked below the ``(j + 1)``-th smallest reference, with
+    ``j = floor(level (N + 1)) - 1``, and
+
+        P(K = i) = C(i + j, j) C(m - i + N - j - 1, N - j - 1) / C(m + N, N).
+
+    Its tail is heavier than a binomial's (with ``m = 1000``, ``N = 999`` and ``level = 1e-3``,
+    ``P(K >= 6)`` is 1.6% against 0.06% for ``Binomial(m, level)``).
+
+    Args:
+        k: observed count (``>= 0``).
+        m: number of observations.
+        num_reference: ``N``.
+        level: the p-value threshold.
+
+    Returns:
+        ``P(K >= k)``; ``1`` for ``k <= 0``, ``0`` when ``level`` resolves no p-value
+        (``level < 1 / (N + 1)``) and ``k >= 1``.
+    """
+    if k <= 0:
+        return 1.0
+    n = int(num_reference)
+    j = math.floor(level * (n + 1) * (1 + 1e-9)) - 1
+    if j < 0:
+        return 0.0
+    if j >= n:  # every p-value is <= level
+        return 1.0 if k <= m else 0.0
+
+    def log_comb(a: np.ndarray, b: float) -> np.ndarray:
+        return gammaln(a + 1) - gammaln(b + 1) - gammaln(a - b + 1)
+
+    i = np.arange(0, min(k, m + 1), dtype=np.float64)
+    log_p = log_comb(i + j, j) + log_comb(m - i + n - j - 1, n - j - 1) - float(log_comb(np.array(m + n), n))
+    return float(min(1.0, max(0.0, 1.0 - np.exp(log_p).sum())))
 
 
 class OutOfDistributionWarning(UserWarning):

@@ -23,7 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sbikit.density.misspecification import WARN_P_VALUE, ObservationCheck, OutOfDistributionWarning, TypicalityCheck
+from sbikit.density.misspecification import (
+    WARN_P_VALUE,
+    ObservationCheck,
+    OutOfDistributionWarning,
+    TypicalityCheck,
+    atypical_count_tail,
+)
 from sbikit.flows import ConditionalFlow, FlowConfig
 from sbikit.priors import Prior, make_generator, prior_from_config
 from sbikit.utils import as_float_tensor, check_x_shape, load_payload, resolve_device, save_payload
@@ -124,24 +130,36 @@ class TrainedFlowModel:
     def _warn_if_atypical(self, summaries: Tensor, *, stacklevel: int) -> None:
         """Warn (:class:`OutOfDistributionWarning`) for observations less typical than nearly all simulations.
 
-        The threshold is ``WARN_P_VALUE`` (1e-3), or the smallest p-value the reference set
-        resolves, ``1 / (N_ref + 1)``, where that is larger (posteriors trained on fewer than
-        about 3,000 simulations): under the null hypothesis it fires at that rate.
+        An observation counts as atypical at p-value ``<= level``, where ``level`` is
+        ``WARN_P_VALUE`` (1e-3), or the smallest p-value the reference set resolves,
+        ``1 / (N_ref + 1)``, where that is larger (posteriors trained on fewer than about 3,000
+        simulations). One observation warns when it is atypical: under the null hypothesis
+        that happens at rate ``level``. For ``m`` observations at once (calibration runs,
+        many objects) the warning fires only when the number of atypical ones, ``k``, is
+        itself unlikely by chance: ``P(K >= k) <= level`` under the exact null distribution of
+        the count (:func:`~sbikit.density.misspecification.atypical_count_tail`; the p-values
+        share one reference set). So the false-alarm rate of a call stays at ``level``
+        whatever ``m`` (with 1,000 simulated observations a per-observation rule warned in
+        about half of the calls); per-observation p-values are always available from
+        :meth:`check_observation`.
         """
         if self.typicality is None or len(summaries) == 0:
             return
         p = self.typicality.p_value(summaries.detach().cpu())
         level = max(WARN_P_VALUE, 1.0 / (len(self.typicality.reference) + 1.0))
-        bad = p <= level * (1 + 1e-9)
-        if bool(bad.any()):
-            which = "the observation is" if len(p) == 1 else f"{int(bad.sum())} of {len(p)} observations are"
-            warnings.warn(
-                f"{which} less typical than {100 * (1 - level):.1f}% of the training simulations (typicality "
-                f"p-value {float(p.min()):.3g}): the simulator or the prior may be misspecified for it, and its "
-                "posterior samples are not to be trusted; see posterior.check_observation(x)",
-                OutOfDistributionWarning,
-                stacklevel=stacklevel + 1,
-            )
+        bad = int((p <= level * (1 + 1e-9)).sum())
+        m = len(p)
+        if bad == 0 or atypical_count_tail(bad, m, len(self.typicality.reference), level) > level * (1 + 1e-6):
+            return
+        which = "the observation is" if m == 1 else f"{bad} of {m} observations are"
+        chance = "" if m == 1 else f"; {m * level:.2g} expected by chance"
+        warnings.warn(
+            f"{which} less typical than {100 * (1 - level):.1f}% of the training simulations (typicality "
+            f"p-value {float(p.min()):.3g}{chance}): the simulator or the prior may be misspecified, and "
+            "posterior samples for such observations are not to be trusted; see posterior.check_observation(x)",
+            OutOfDistributionWarning,
+            stacklevel=stacklevel + 1,
+        )
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the model to ``path`` (atomically: a temporary file, then a rename)."""
