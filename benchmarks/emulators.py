@@ -34,7 +34,8 @@ Usage::
 
 Run time on a 2-core x86 CPU (one thread, shared): the CVAE part 34 min (compressor 2.5 min,
 50,000 simulations 1 min, three NPEs on 50,000 rows 5.5 min each, CVAE fit 2 min, fidelity and
-C2STs the rest); the WGAN adds about 25 min (100 epochs at ~9 s, its NPE and C2STs); the
+C2STs the rest; 43 min with ``decoder="pca"`` on a machine shared with two other jobs); the
+WGAN adds about 25 min (100 epochs at ~9 s, its NPE and C2STs); the
 ``--quick`` smoke run takes ~30 s.
 
 Records are appended as each stage finishes (one line per emulator and stage), so an

@@ -98,7 +98,11 @@ class ConditionalVAE(Emulator):
     Why an MLP decoder by default: its last layer is a learned basis of ``hidden_features``
     images with non-linear coefficients, which suits centred objects; on 32 x 32 ``sersic``
     images (5,000 simulations, 40 epochs) it put 92 of 96 power-spectrum bins within 5% against
-    83 for the convolutional decoder, and simulated 10x faster (docs/emulators.md).
+    83 for the convolutional decoder, and simulated 10x faster (docs/emulators.md). For images
+    that are nearly low-rank (smooth centred objects plus noise) ``decoder="pca"`` is better
+    still: on ``sersic`` it cut the mean-image error from 9.1 to 5.9 noise variances per image
+    and met the benchmark's targets (benchmarks/RESULTS.md); it is not the default because the
+    truncated basis cannot represent images that are not low-rank (random fields).
 
     Args:
         latent_dim: dimension of ``z``.
