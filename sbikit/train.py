@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,7 +318,7 @@ def fit(
             "warmup_epochs": warmup_epochs,
             "max_epochs": max_epochs if schedule == "cosine" else None,
             "clip_norm": clip_norm,
-            "on_overfit": None if on_overfit is None else [getattr(on_overfit, k) for k in _OVERFIT_FIELDS],
+            "on_overfit": None if on_overfit is None else list(dataclasses.astuple(on_overfit)),
             "ema_decay": ema_decay,
             "data": source.describe(),
             "parameters": [f"{k}:{tuple(v.shape)}" for k, v in model.state_dict().items()],
@@ -702,6 +703,40 @@ class _Streamed:
         return total / count
 
 
+def mean_and_scatter(
+    blocks: Iterable[Tensor], dim: int, *, device: torch.device | str = "cpu"
+) -> tuple[Tensor, Tensor, int]:
+    """Mean and scatter matrix ``sum (x - mean)(x - mean)^T`` of rows given block by block, in float64.
+
+    Blocks are merged with Chan et al.'s update ``S = S_a + S_b + delta delta^T n_a n_b / n``,
+    so the result matches the two-pass computation on all rows without holding them.
+
+    Args:
+        blocks: tensors ``(b, ...)`` whose rows flatten to ``dim`` entries (empty ones skipped).
+        dim: ``D``, the entries of one row.
+        device: where to accumulate.
+
+    Returns:
+        ``(mean (D,), scatter (D, D), count)``, float64 on ``device``.
+    """
+    count = 0
+    mean = torch.zeros(dim, dtype=torch.float64, device=device)
+    scatter = torch.zeros(dim, dim, dtype=torch.float64, device=device)
+    for block in blocks:
+        m = int(block.shape[0])
+        if m == 0:
+            continue
+        flat = block.reshape(m, -1).to(device, torch.float64)
+        block_mean = flat.mean(0)
+        centred = flat - block_mean
+        total = count + m
+        delta = block_mean - mean
+        scatter.add_(centred.T @ centred).addr_(delta, delta, alpha=count * m / total)
+        mean.add_(delta, alpha=m / total)
+        count = total
+    return mean, scatter, count
+
+
 def running_moments(
     data: StreamingData, *, global_entries: Sequence[bool] | None = None
 ) -> list[tuple[Tensor, Tensor, int]]:
@@ -809,7 +844,6 @@ _FINGERPRINT_DEFAULTS: dict[str, Any] = {
     "on_overfit": None,
     "ema_decay": None,
 }
-_OVERFIT_FIELDS = ("patience", "weight_decay", "restart_epochs", "restart_factor")
 
 
 def _check_fingerprint(old: dict[str, Any], new: dict[str, Any], path: Path | None) -> None:

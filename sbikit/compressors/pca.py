@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from sbikit.compressors.base import Compressor
-from sbikit.train import StreamingData
+from sbikit.train import StreamingData, mean_and_scatter
 from sbikit.utils import resolve_device
 
 __all__ = ["PCA", "MAX_STREAMED_FEATURES"]
@@ -137,22 +137,7 @@ class PCA(Compressor):
         data: StreamingData = self._start_streamed_fit(x, seed=None)
         assert self.num_summaries is not None
         dev = resolve_device(device)
-        count = 0
-        mean = torch.zeros(dim, dtype=torch.float64, device=dev)
-        scatter = torch.zeros(dim, dim, dtype=torch.float64, device=dev)
-        for (block,) in data.iter_blocks():
-            m = int(block.shape[0])
-            if m == 0:
-                continue
-            flat = block.reshape(m, -1).to(dev, torch.float64)
-            block_mean = flat.mean(0)
-            centred = flat - block_mean
-            total = count + m
-            delta = block_mean - mean
-            # Chan et al.: S = S_a + S_b + delta delta^T n_a n_b / (n_a + n_b).
-            scatter.add_(centred.T @ centred).addr_(delta, delta, alpha=count * m / total)
-            mean.add_(delta, alpha=m / total)
-            count = total
+        mean, scatter, count = mean_and_scatter((block for (block,) in data.iter_blocks()), dim, device=dev)
         if count < data.num_rows:
             self._warn_dropped(data.num_rows - count, data.num_rows, ["x"], stacklevel=4)
         if count < 2:

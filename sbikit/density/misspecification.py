@@ -27,9 +27,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.special import gammaln
+from scipy.stats import betabinom
 from torch import Tensor
 
 from sbikit.utils import as_float_tensor
@@ -69,7 +68,9 @@ def atypical_count_tail(k: int, m: int, num_reference: int, level: float) -> flo
     reference set of ``N`` rows, so they are dependent: under the null hypothesis (all
     ``m + N`` statistics exchangeable) the number ``K`` of observations with ``p <= level``
     is the number of observations ranked below the ``(j + 1)``-th smallest reference, with
-    ``j = floor(level (N + 1)) - 1``, and
+    ``j = floor(level (N + 1)) - 1``. That order statistic is ``Beta(j + 1, N - j)`` on the
+    probability scale and each observation falls below it independently, so ``K`` is
+    beta-binomial,
 
         P(K = i) = C(i + j, j) C(m - i + N - j - 1, N - j - 1) / C(m + N, N).
 
@@ -94,13 +95,7 @@ def atypical_count_tail(k: int, m: int, num_reference: int, level: float) -> flo
         return 0.0
     if j >= n:  # every p-value is <= level
         return 1.0 if k <= m else 0.0
-
-    def log_comb(a: np.ndarray, b: float) -> np.ndarray:
-        return gammaln(a + 1) - gammaln(b + 1) - gammaln(a - b + 1)
-
-    i = np.arange(0, min(k, m + 1), dtype=np.float64)
-    log_p = log_comb(i + j, j) + log_comb(m - i + n - j - 1, n - j - 1) - float(log_comb(np.array(m + n), n))
-    return float(min(1.0, max(0.0, 1.0 - np.exp(log_p).sum())))
+    return float(betabinom.sf(k - 1, m, j + 1, n - j))
 
 
 class OutOfDistributionWarning(UserWarning):

@@ -249,44 +249,67 @@ class Emulator(nn.Module):
             ``(theta, x)``: float32 CPU ``(n, d)`` and ``(n, *x_shape)`` in data units.
         """
         xt = as_float_tensor(x, "x")
-        if xt.ndim == 1:
-            xt = xt[:, None]
-        if xt.ndim < 2:
-            raise ValueError(f"x must have shape (n, *x_shape) with n simulations, got {tuple(xt.shape)}")
-        if theta is None:
+        th_raw = None if theta is None else as_float_tensor(theta, "theta")
+        theta_dim = self._fix_shapes(None if th_raw is None else tuple(th_raw.shape), tuple(xt.shape))
+        assert self.x_shape is not None
+        xt = xt.reshape(len(xt), *self.x_shape)
+        if th_raw is not None and theta_dim:
+            th, _ = self._check_theta(th_raw.reshape(len(xt), theta_dim))
+        else:
+            th = torch.zeros(len(xt), 0)
+        xt = self._check_x(xt)
+        self._build_fresh(seed)
+        self._set_standardization(th, xt)
+        return th, xt
+
+    def _fix_shapes(self, theta_shape: tuple[int, ...] | None, x_shape: tuple[int, ...]) -> int:
+        """Check the shapes of training pairs and fix ``x_shape``, ``theta_dim`` and ``theta_names``.
+
+        Args:
+            theta_shape: shape of ``theta``, ``(n, d)`` or ``(n,)`` for one parameter; ``None``
+                for an unconditional emulator.
+            x_shape: shape of ``x``, ``(n, *x_shape)``; ``(n,)`` is read as ``(n, 1)``.
+
+        Returns:
+            ``d`` (``0`` when unconditional).
+
+        Raises:
+            ValueError: on a wrong width or number of dimensions, mismatched rows, fewer than
+                2 rows, or ``theta_names`` of another length.
+        """
+        shape = tuple(int(s) for s in x_shape)
+        if len(shape) == 1:
+            shape = (shape[0], 1)
+        if len(shape) < 2:
+            raise ValueError(f"x must have shape (n, *x_shape) with n simulations, got {tuple(x_shape)}")
+        n = shape[0]
+        if theta_shape is None:
             if self.theta_dim not in (None, 0):
                 raise ValueError(f"this {type(self).__name__} has {self.theta_dim} parameters: pass theta to fit")
-            th = torch.zeros(len(xt), 0)
             theta_dim = 0
         else:
-            th = as_float_tensor(theta, "theta")
-            if th.ndim == 1 and self.theta_dim in (None, 1):
-                th = th[:, None]
-            if th.ndim != 2 or (self.theta_dim is not None and th.shape[1] != self.theta_dim):
+            th_shape = tuple(int(s) for s in theta_shape)
+            if len(th_shape) == 1 and self.theta_dim in (None, 1):
+                th_shape = (th_shape[0], 1)
+            if len(th_shape) != 2 or (self.theta_dim is not None and th_shape[1] != self.theta_dim):
                 want = "d" if self.theta_dim is None else str(self.theta_dim)
-                raise ValueError(f"theta must have shape (n, {want}), got {tuple(th.shape)}")
-            theta_dim = int(th.shape[1])
-        if len(th) != len(xt):
-            raise ValueError(f"theta and x need the same number of rows, got {len(th)} and {len(xt)}")
-        if self.x_shape is not None and tuple(xt.shape[1:]) != self.x_shape:
+                raise ValueError(f"theta must have shape (n, {want}), got {tuple(theta_shape)}")
+            if th_shape[0] != n:
+                raise ValueError(f"theta and x need the same number of rows, got {th_shape[0]} and {n}")
+            theta_dim = th_shape[1]
+        if self.x_shape is not None and shape[1:] != self.x_shape:
             raise ValueError(
                 f"x must have shape (n, {', '.join(map(str, self.x_shape))}) for this {type(self).__name__}, "
-                f"got {tuple(xt.shape)}"
+                f"got {tuple(x_shape)}"
             )
-        if len(xt) < 2:
-            raise ValueError(f"fit needs at least 2 simulations, got {len(xt)}")
-        self.x_shape = tuple(int(s) for s in xt.shape[1:])
-        self.theta_dim = theta_dim
-        if theta_dim:
-            th, _ = self._check_theta(th)
-        xt = self._check_x(xt)
+        if n < 2:
+            raise ValueError(f"fit needs at least 2 simulations, got {n}")
+        self.x_shape, self.theta_dim = shape[1:], theta_dim
         if self.theta_names is None:
             self.theta_names = [f"theta_{i}" for i in range(theta_dim)]
         elif len(self.theta_names) != theta_dim:
             raise ValueError(f"theta_names has {len(self.theta_names)} names for {theta_dim} parameters")
-        self._build_fresh(seed)
-        self._set_standardization(th, xt)
-        return th, xt
+        return theta_dim
 
     def _build_fresh(self, seed: int | None) -> None:
         """Build the networks anew from ``seed`` (``x_shape`` and ``theta_dim`` are known)."""
@@ -330,38 +353,8 @@ class Emulator(nn.Module):
 
     def _start_streamed_fit(self, theta: Any, x: Any, *, seed: int | None, stacklevel: int) -> StreamingData:
         """The streamed counterpart of :meth:`_start_fit` (only shapes are read before the statistics pass)."""
-        x_shape = tuple(int(s) for s in x.shape)
-        if len(x_shape) == 1:
-            x_shape = (x_shape[0], 1)
-        n = x_shape[0]
-        if self.x_shape is not None and x_shape[1:] != self.x_shape:
-            raise ValueError(
-                f"x must have shape (n, {', '.join(map(str, self.x_shape))}) for this {type(self).__name__}, "
-                f"got {tuple(x.shape)}"
-            )
-        if theta is None:
-            if self.theta_dim not in (None, 0):
-                raise ValueError(f"this {type(self).__name__} has {self.theta_dim} parameters: pass theta to fit")
-            theta_dim = 0
-        else:
-            th_shape = tuple(int(s) for s in theta.shape)
-            if len(th_shape) == 1 and self.theta_dim in (None, 1):
-                th_shape = (th_shape[0], 1)
-            if len(th_shape) != 2 or (self.theta_dim is not None and th_shape[1] != self.theta_dim):
-                want = "d" if self.theta_dim is None else str(self.theta_dim)
-                raise ValueError(f"theta must have shape (n, {want}), got {tuple(theta.shape)}")
-            if th_shape[0] != n:
-                raise ValueError(f"theta and x need the same number of rows, got {th_shape[0]} and {n}")
-            theta_dim = th_shape[1]
-        if n < 2:
-            raise ValueError(f"fit needs at least 2 simulations, got {n}")
-        self.x_shape, self.theta_dim = x_shape[1:], theta_dim
-        if len(self.x_shape) > 3:
-            raise ValueError(f"outputs must be vectors (D,) or images (H, W) / (C, H, W), got x_shape={self.x_shape}")
-        if self.theta_names is None:
-            self.theta_names = [f"theta_{i}" for i in range(theta_dim)]
-        elif len(self.theta_names) != theta_dim:
-            raise ValueError(f"theta_names has {len(self.theta_names)} names for {theta_dim} parameters")
+        theta_dim = self._fix_shapes(None if theta is None else tuple(theta.shape), tuple(x.shape))
+        assert self.x_shape is not None
         self._build_fresh(seed)
         arrays, shapes, names = [x], [self.x_shape], ["x"]
         if theta_dim:

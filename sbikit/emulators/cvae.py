@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from sbikit.compressors.cnn import DEFAULT_CHANNELS, ConvDecoder, ConvEncoder
 from sbikit.emulators.base import Emulator, mlp
 from sbikit.priors import make_generator
-from sbikit.train import FitResult, StreamingData, fit
+from sbikit.train import FitResult, StreamingData, fit, mean_and_scatter
 from sbikit.utils import resolve_device
 
 __all__ = ["ConditionalVAE", "cvae_loss", "cvae_terms", "DECODERS"]
@@ -220,20 +220,17 @@ class ConditionalVAE(Emulator):
         return out.reshape(z.shape[0], *self.x_shape)
 
     @torch.no_grad()
-    def _set_pca_basis(self, x_s: Tensor) -> None:
-        """Fill ``pca_basis`` ``(m, D)`` and ``pca_mean`` ``(D,)`` from standardised training data ``(n, *x_shape)``.
+    def _set_pca_basis(self, blocks: Iterable[Tensor]) -> None:
+        """Fill ``pca_basis`` ``(m, D)`` and ``pca_mean`` ``(D,)`` from standardised training data.
 
-        The basis is the ``m`` leading eigenvectors of the sample covariance (accumulated in
-        float64 blocks, ``D x D``), i.e. the right singular vectors of the centred data; with
-        fewer than ``m`` rows the surplus rows stay zero (unused coefficients).
+        ``blocks`` are tensors ``(b, *x_shape)`` (the rows in memory cut into blocks, or the
+        blocks of a stream). The basis is the ``m`` leading eigenvectors of the float64
+        scatter matrix (:func:`sbikit.train.mean_and_scatter`, ``D x D``), i.e. the right
+        singular vectors of the centred data; with fewer than ``m`` rows the surplus rows stay
+        zero (unused coefficients).
         """
-        flat = x_s.flatten(1)
-        n, size = flat.shape
-        mean = flat.double().mean(0)
-        cov = torch.zeros(size, size, dtype=torch.float64)
-        for i in range(0, n, 4096):
-            block = flat[i : i + 4096].double() - mean
-            cov += block.T @ block
+        size = len(self.pca_mean)
+        mean, cov, n = mean_and_scatter(blocks, size)
         vals, vecs = torch.linalg.eigh(cov)  # ascending
         m = min(len(self.pca_basis), n - 1) if n > 1 else 0
         basis = torch.zeros_like(self.pca_basis)
@@ -321,7 +318,10 @@ class ConditionalVAE(Emulator):
             with torch.no_grad():
                 data = (self.standardize_theta(th.to(self.device)).cpu(), self.standardize_x(xt.to(self.device)).cpu())
         if self.uses_pca:
-            self._set_pca_basis(data[1])
+            if isinstance(data, StreamingData):
+                self._set_pca_basis(block[1] for block in data.iter_blocks())
+            else:
+                self._set_pca_basis(data[1].split(4096))
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)
