@@ -24,6 +24,7 @@ they were trained.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -50,6 +51,10 @@ FLOW_KINDS: tuple[str, ...] = ("maf", "realnvp", "nsf")
 #: nflows' original MADE (kept only to load files saved before the fix).
 CONDITIONERS: tuple[str, ...] = ("context_made", "nflows_made")
 _LOG_2PI = math.log(2 * math.pi)
+#: In-place forms of activations, for sampling without autograd.
+_IN_PLACE: dict[Any, Callable[[Tensor], Tensor]] = {torch.relu: torch.relu_, torch.tanh: torch.tanh_}
+#: ``(i, z_i (n,), params_i (n, m)) -> (y_i (n,), log |d y_i / d z_i| (n,))``: one feature's inverse.
+FeatureInverse = Callable[[int, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -140,6 +145,7 @@ class ConditionalMADE(nn.Module):
             _MaskedLinear(hidden_degrees[:, None] >= hidden_degrees[None, :]) for _ in range(num_blocks)
         )
         self.final_layer = _MaskedLinear(out_degrees[:, None] > hidden_degrees[None, :])
+        self.register_buffer("hidden_degrees", hidden_degrees, persistent=False)
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         """Autoregressive parameters ``(n, D * output_multiplier)`` of inputs ``(n, D)`` and context ``(n, C)``."""
@@ -150,15 +156,123 @@ class ConditionalMADE(nn.Module):
             h = self.activation(block(h))
         return self.final_layer(h)
 
+    def invert(self, inputs: Tensor, context: Tensor, invert_feature: FeatureInverse) -> tuple[Tensor, Tensor]:
+        """Invert an autoregressive transform feature by feature in one pass of the network.
 
-class SplineAutoregressive(MaskedPiecewiseRationalQuadraticAutoregressiveTransform):
+        Inverting ``y -> z`` means solving for ``y_i`` given ``z_i`` and the parameters of
+        feature ``i``, which depend on ``y_{<i}``. nflows re-runs the whole network once per
+        feature (``D`` passes). Here each hidden unit is computed once, as soon as its inputs
+        are known: a unit of degree ``k`` depends on ``y_{<k}`` (and on units of degree
+        ``<= k``), and feature ``i``'s parameters read units of degree ``<= i``. Step ``i``
+        computes the units of degree ``i`` in every layer, then feature ``i``'s parameters,
+        then ``y_i``. Ordering the hidden units by degree makes "degree ``<= i``" a prefix,
+        so every step is one matrix product per layer on unmasked sub-blocks of the weights.
+        Same result as ``D`` full passes up to the order of floating-point sums.
+
+        Args:
+            inputs: ``z`` ``(n, D)``.
+            context: ``(n, C)``.
+            invert_feature: ``(i, z_i (n,), params_i (n, output_multiplier))`` ->
+                ``(y_i (n,), log |d y_i / d z_i| (n,))``.
+
+        Returns:
+            ``y`` ``(n, D)`` and the summed log-determinant ``(n,)``.
+        """
+        n, features = inputs.shape
+        multiplier = self.final_layer.out_features // features
+        order = torch.argsort(self.hidden_degrees, stable=True)
+        ends = torch.bincount(self.hidden_degrees, minlength=features).cumsum(0).tolist()
+        # Weights with the hidden units in degree order; the sub-blocks used below lie
+        # entirely inside the masks, so they need no masking. Hidden units are kept as
+        # (units, n), so each step's new units are a block of rows.
+        initial = self.initial_layer.weight[order]
+        blocks = [(b.weight[order][:, order], b.bias[order, None]) for b in self.blocks]
+        final = self.final_layer.weight[:, order]
+        final_bias = self.final_layer.bias[:, None]
+        context_bias = (self.context_layer.bias + self.initial_layer.bias)[order, None]
+        from_context = torch.addmm(context_bias, self.context_layer.weight[order], context.T)
+        # Without autograd, units and outputs are written into preallocated tensors and
+        # activated in place; with it, they are concatenated step by step.
+        in_place = not torch.is_grad_enabled() and self.activation in _IN_PLACE
+        rows_so_far = len(order) if in_place else 0
+        hidden = [inputs.new_empty(rows_so_far, n) for _ in range(len(blocks) + 1)]
+        outputs = inputs.new_empty(features if in_place else 0, n)
+        logabsdet = inputs.new_zeros(n)
+
+        def layer_units(layer: int, bias: Tensor, weight: Tensor, below: Tensor, start: int, end: int) -> None:
+            if in_place:
+                units = hidden[layer][start:end]
+                _IN_PLACE[self.activation](torch.addmm(bias, weight, below, out=units))
+            else:
+                hidden[layer] = torch.cat([hidden[layer], self.activation(torch.addmm(bias, weight, below))])
+
+        start = 0
+        for i in range(features):
+            end = ends[i]
+            # Layer 0: units of degree i see y_{<i} and the context.
+            layer_units(0, from_context[start:end], initial[start:end, :i], outputs[:i], start, end)
+            for layer, (weight, bias) in enumerate(blocks, start=1):
+                layer_units(layer, bias[start:end], weight[start:end, :end], hidden[layer - 1][:end], start, end)
+            rows = slice(i * multiplier, (i + 1) * multiplier)
+            params = torch.addmm(final_bias[rows], final[rows, :end], hidden[-1][:end]).T
+            y_i, logabsdet_i = invert_feature(i, inputs[:, i], params)
+            if in_place:
+                outputs[i] = y_i
+            else:
+                outputs = torch.cat([outputs, y_i[None]])
+            logabsdet = logabsdet + logabsdet_i
+            start = end
+        return outputs.T.contiguous(), logabsdet
+
+
+class _OnePassInverse:
+    """Mixin for nflows autoregressive transforms: with a :class:`ConditionalMADE`
+    conditioner, :meth:`inverse` (sampling) runs the network once
+    (:meth:`ConditionalMADE.invert`) instead of once per feature, and inverts one feature
+    per step instead of all of them ``D`` times. Other conditioners keep nflows' loop.
+    """
+
+    autoregressive_net: nn.Module
+
+    def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if isinstance(self.autoregressive_net, ConditionalMADE) and context is not None and inputs.ndim == 2:
+            return self.autoregressive_net.invert(inputs, context, self._invert_feature)
+        return super().inverse(inputs, context)  # type: ignore[misc]
+
+    def _invert_feature(self, index: int, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class AffineAutoregressive(_OnePassInverse, MaskedAffineAutoregressiveTransform):
+    """nflows' masked affine autoregressive layer (``y = softplus(s) + eps`` times ``z`` plus
+    shift, in nflows 0.14) with the one-pass inverse of :class:`_OnePassInverse`."""
+
+    def _invert_feature(self, index: int, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        scale = nn.functional.softplus(params[:, 0]) + self._epsilon
+        return (inputs - params[:, 1]) / scale, -torch.log(scale)
+
+
+class SplineAutoregressive(_OnePassInverse, MaskedPiecewiseRationalQuadraticAutoregressiveTransform):
     """nflows' autoregressive rational-quadratic spline layer (linear tails), evaluated by
-    :func:`sbikit.splines.rational_quadratic_spline`.
+    :func:`sbikit.splines.rational_quadratic_spline`, with the one-pass inverse of
+    :class:`_OnePassInverse`.
 
     The same function as nflows' layer (tested to rounding); nflows evaluates it through
     boolean indexing, in-place edits and one gather per quantity, which on the small
     tensors of NPE makes the spline cost more than the conditioner network.
     """
+
+    def _invert_feature(self, index: int, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        outputs, logabsdet = rational_quadratic_spline(
+            inputs,
+            params,
+            bound=self.tail_bound,
+            inverse=True,
+            min_bin_width=self.min_bin_width,
+            min_bin_height=self.min_bin_height,
+            min_derivative=self.min_derivative,
+        )
+        return outputs, logabsdet
 
     def _elementwise(
         self, inputs: Tensor, autoregressive_params: Tensor, inverse: bool = False
@@ -205,7 +319,7 @@ def _build_transform(cfg: FlowConfig) -> Transform:
     layers: list[Transform] = []
     for i in range(cfg.num_transforms):
         if cfg.kind == "maf":
-            layers.append(_autoregressive(MaskedAffineAutoregressiveTransform, cfg, torch.tanh))
+            layers.append(_autoregressive(AffineAutoregressive, cfg, torch.tanh))
             if cfg.features > 1:
                 layers.append(RandomPermutation(cfg.features))
         elif cfg.kind == "nsf":

@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.autograd.functional import jacobian
 
 from sbikit.flows import FLOW_KINDS, ConditionalFlow, FlowConfig, SoftplusAffineCoupling, build_flow
@@ -419,3 +419,83 @@ def test_rational_quadratic_spline_equals_nflows_and_inverts(min_sizes: tuple[fl
     assert outside.sum() > 100 and torch.equal(y[outside], x[outside]) and bool((lad[outside] == 0).all())
     with pytest.raises(ValueError, match="3 K - 1"):
         rational_quadratic_spline(x, params[..., :-2], bound=bound)
+
+
+# -- one-pass inverse (sampling) ------------------------------------------------------------------
+
+
+def _loop_inverse(flow: ConditionalFlow, z: Tensor, embedded: Tensor) -> tuple[Tensor, Tensor]:
+    """The flow's inverse with nflows' own loop (one network pass per feature), for reference."""
+    from nflows.transforms.autoregressive import AutoregressiveTransform
+
+    y, total = z, torch.zeros(len(z), dtype=z.dtype)
+    for layer in flow.transform._transforms[::-1]:
+        if hasattr(layer, "autoregressive_net"):
+            y, logabsdet = AutoregressiveTransform.inverse(layer, y, embedded)
+        else:
+            y, logabsdet = layer.inverse(y, embedded)
+        total = total + logabsdet
+    return y, total
+
+
+@pytest.mark.parametrize("kind", ["maf", "nsf"])
+@pytest.mark.parametrize("features,hidden", [(1, 8), (2, 16), (3, 2), (5, 32), (9, 40)])
+@pytest.mark.parametrize("grad", [False, True])
+def test_one_pass_inverse_equals_nflows_loop(kind: str, features: int, hidden: int, grad: bool) -> None:
+    """The one-pass inverse (in place without autograd, concatenating with it) is nflows' loop.
+
+    Float64, perturbed weights so that every unit matters; ``hidden < features`` leaves some
+    degrees without units. Exact up to the order of floating-point sums.
+    """
+    flow = build_flow(kind, features, (4,), hidden_features=hidden, num_transforms=3, num_blocks=2).double()
+    _perturb(flow, 0.3)
+    z, c = torch.randn(300, features, dtype=F64), torch.randn(300, 4, dtype=F64)
+    with torch.set_grad_enabled(grad):
+        embedded = flow.embed(c)
+        y, logabsdet = flow.transform.inverse(z, context=embedded)
+    with torch.no_grad():
+        y_ref, logabsdet_ref = _loop_inverse(flow, z, embedded)
+        z_back, forward_logabsdet = flow.transform(y, context=embedded)
+    torch.testing.assert_close(y, y_ref, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(logabsdet, logabsdet_ref, atol=1e-8, rtol=1e-9)
+    torch.testing.assert_close(z_back, z, atol=1e-7, rtol=1e-7)
+    torch.testing.assert_close(forward_logabsdet, -logabsdet, atol=1e-8, rtol=1e-9)
+    if grad:
+        (y.sum() + logabsdet.sum()).backward()
+        for name, p in flow.named_parameters():
+            if "autoregressive_net" in name and p.requires_grad:
+                assert p.grad is not None and torch.isfinite(p.grad).all(), name
+
+
+def test_one_pass_inverse_runs_no_full_network_pass() -> None:
+    """Sampling never calls the conditioner's forward (nflows' loop calls it D times per layer).
+
+    Control: a flow with nflows' MADE (old files) keeps the loop, D passes per layer.
+    """
+    calls = {"context_made": 0, "nflows_made": 0}
+    for conditioner in calls:
+        base = build_flow("nsf", 3, (2,), hidden_features=8, num_transforms=2, num_blocks=1)
+        flow = ConditionalFlow(FlowConfig(**{**base.config.to_dict(), "conditioner": conditioner}), (2,))
+
+        def count(*_: object, key: str = conditioner) -> None:
+            calls[key] += 1
+
+        for layer in _autoregressive_layers(flow):
+            layer.autoregressive_net.register_forward_hook(count)
+        with torch.no_grad():
+            assert flow.sample(4, torch.randn(2, 2)).shape == (2, 4, 3)
+    assert calls == {"context_made": 0, "nflows_made": 2 * 3}
+
+
+def test_one_pass_inverse_with_custom_activation_falls_back_to_concatenation() -> None:
+    """An activation without a known in-place form still inverts exactly (the autograd-safe path)."""
+    flow = build_flow("maf", 3, (2,), hidden_features=12, num_transforms=2).double()
+    _perturb(flow, 0.3)
+    for layer in _autoregressive_layers(flow):
+        layer.autoregressive_net.activation = nn.functional.silu
+    z, c = torch.randn(50, 3, dtype=F64), torch.randn(50, 2, dtype=F64)
+    with torch.no_grad():
+        embedded = flow.embed(c)
+        y, _ = flow.transform.inverse(z, context=embedded)
+        y_ref, _ = _loop_inverse(flow, z, embedded)
+    torch.testing.assert_close(y, y_ref, atol=1e-9, rtol=1e-9)
