@@ -9,7 +9,8 @@ JSON keys (all optional): ``n`` (simulations, 10^4), ``kind`` (nsf), ``hidden`` 
 weight decay, 0), ``ctx_wd`` (weight decay of the context-input weights only, 0; "cosine"
 loop only), ``overfit`` (the fields of :class:`sbikit.train.OverfitRule` as a dict: weight
 decay switched on once the run overfits; "fit" loop), ``ema`` (decay per step of a moving
-average of the weights, validated every epoch; "fit" loop), ``seed`` (training seed, 0: seeds
+average of the weights, validated every epoch; "fit" loop), ``affine`` (start the flow with
+:class:`sbikit.flows.ConditionalAffine`, false), ``seed`` (training seed, 0: seeds
 the flow's initialisation, ``torch.manual_seed(seed)`` before :func:`sbikit.flows.build_flow`,
 and the validation split and batch order, ``fit``'s ``seed`` or the "cosine" loop's generator;
 the training set, the held-out pairs and the C2ST's samples and classifier stay fixed, so
@@ -134,6 +135,7 @@ def main() -> None:
         num_transforms=cfg.get("layers", 5),
         num_bins=cfg.get("bins", 8),
         num_blocks=cfg.get("blocks", 2),
+        conditional_affine=cfg.get("affine", False),
     )
     flow.set_standardization(u, x)
     t0, c0 = time.perf_counter(), time.process_time()

@@ -19,6 +19,7 @@ values shown for optional keys are their defaults)::
     # num_transforms = 5
     # num_bins = 8              # nsf only
     # num_blocks = 2            # hidden layers after the first in each conditioner
+    # conditional_affine = true # a first layer that shifts and scales by x (default: nsf only)
 
     [train]                     # optional keys are passed to NPE.fit; left out = its default
     seed = 0
@@ -135,11 +136,12 @@ class EstimatorConfig:
     num_transforms: int | None = None
     num_bins: int | None = None
     num_blocks: int | None = None
+    conditional_affine: bool | None = None
 
     def npe_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``sbikit.NPE(prior, **kwargs)`` (only the ones set)."""
         out: dict[str, Any] = {"flow": self.flow, "device": self.device}
-        for key in ("hidden_features", "num_transforms", "num_bins", "num_blocks"):
+        for key in ("hidden_features", "num_transforms", "num_bins", "num_blocks", "conditional_affine"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -317,7 +319,7 @@ class _Section:
 
         return self._get(key, default, required, check)
 
-    def boolean(self, key: str, default: bool) -> bool:
+    def boolean(self, key: str, default: bool | None) -> bool | None:
         def check(k: str, v: Any) -> bool:
             if not isinstance(v, bool):
                 raise ConfigError(f"{self._where(k)} must be true or false, got {_describe(v)}")
@@ -430,7 +432,7 @@ def _parse(data: Mapping[str, Any], source: str | None) -> RunConfig:
     sec = _Section(
         "estimator",
         data.get("estimator", {}),
-        allowed=("flow", "device", "hidden_features", "num_transforms", "num_bins", "num_blocks"),
+        allowed=("flow", "device", "hidden_features", "num_transforms", "num_bins", "num_blocks", "conditional_affine"),
     )
     estimator = EstimatorConfig(
         flow=sec.string("flow", EstimatorConfig.flow, choices=FLOWS),
@@ -439,6 +441,7 @@ def _parse(data: Mapping[str, Any], source: str | None) -> RunConfig:
         num_transforms=sec.integer("num_transforms", minimum=1),
         num_bins=sec.integer("num_bins", minimum=1),
         num_blocks=sec.integer("num_blocks", minimum=0),
+        conditional_affine=sec.boolean("conditional_affine", None),
     )
 
     sec = _Section(

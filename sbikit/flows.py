@@ -13,6 +13,11 @@ Three families are available through :func:`build_flow`:
   context;
 * ``"nsf"``: masked autoregressive rational-quadratic splines with linear tails.
 
+Any family can start (on the data side) with a :class:`ConditionalAffine` layer
+(``conditional_affine=True``): an elementwise shift and scale of ``y`` computed from the
+context alone, which puts each conditional density at the origin with unit width before
+the other layers see it.
+
 The autoregressive families use :class:`ConditionalMADE` as their conditioner, not nflows'
 ``MADE``: in nflows' MADE the context reaches only hidden units that the output mask hides
 from the first feature, so in every layer the first feature's transform ignores the
@@ -43,7 +48,15 @@ from torch import Tensor, nn
 
 from sbikit.splines import rational_quadratic_spline
 
-__all__ = ["FlowConfig", "ConditionalFlow", "ConditionalMADE", "build_flow", "FLOW_KINDS", "CONDITIONERS"]
+__all__ = [
+    "FlowConfig",
+    "ConditionalFlow",
+    "ConditionalMADE",
+    "ConditionalAffine",
+    "build_flow",
+    "FLOW_KINDS",
+    "CONDITIONERS",
+]
 
 FlowKind = Literal["maf", "realnvp", "nsf"]
 FLOW_KINDS: tuple[str, ...] = ("maf", "realnvp", "nsf")
@@ -72,6 +85,8 @@ class FlowConfig:
         tail_bound: splines act on ``[-tail_bound, tail_bound]``, linear outside (``nsf`` only).
         conditioner: ``"context_made"`` (:class:`ConditionalMADE`) or ``"nflows_made"``
             (nflows' MADE, whose first feature ignores the context; old files only).
+        conditional_affine: start with a :class:`ConditionalAffine` layer (files saved
+            before it existed have none).
     """
 
     kind: str = "maf"
@@ -83,6 +98,7 @@ class FlowConfig:
     num_bins: int = 8
     tail_bound: float = 5.0
     conditioner: str = "context_made"
+    conditional_affine: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -291,6 +307,58 @@ class SplineAutoregressive(_OnePassInverse, MaskedPiecewiseRationalQuadraticAuto
         return outputs, logabsdet.sum(-1)
 
 
+class ConditionalAffine(Transform):
+    """Elementwise affine layer whose shift and scale are functions of the context only.
+
+    Data to noise: ``z = (y - m(c)) / s(c)``, with ``m`` and ``s = softplus(.) + 1e-3``
+    given by an MLP of the embedded context (two hidden ReLU layers). As the first layer on
+    the data side it moves each conditional density (a posterior, for NPE) to the origin
+    with unit width, so that the spline bins on ``[-tail_bound, tail_bound]`` are spent on
+    its shape rather than on finding it; without it a posterior much narrower than the
+    prior has to be found and stretched by the splines themselves. The output layer starts
+    at zero, so the layer starts as the identity.
+
+    Args:
+        features: ``D``.
+        context_features: width of the embedded context.
+        hidden_features: width of the two hidden layers.
+    """
+
+    _MIN_SCALE = 1e-3
+    #: ``softplus(_OFFSET) + _MIN_SCALE = 1``: the scale is exactly 1 at zero output.
+    _OFFSET = math.log(math.expm1(1.0 - _MIN_SCALE))
+
+    def __init__(self, features: int, context_features: int, hidden_features: int) -> None:
+        super().__init__()
+        self.features = features
+        self.net = nn.Sequential(
+            nn.Linear(context_features, hidden_features),
+            nn.ReLU(),
+            nn.Linear(hidden_features, hidden_features),
+            nn.ReLU(),
+            nn.Linear(hidden_features, 2 * features),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def _shift_and_scale(self, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if context is None:
+            raise ValueError("ConditionalAffine needs a context")
+        params = self.net(context)
+        shift, unconstrained = params[:, : self.features], params[:, self.features :]
+        return shift, nn.functional.softplus(unconstrained + self._OFFSET) + self._MIN_SCALE
+
+    def forward(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``y`` ``(n, D)`` -> ``z`` ``(n, D)`` and ``log |dz/dy|`` ``(n,)``."""
+        shift, scale = self._shift_and_scale(context)
+        return (inputs - shift) / scale, -torch.log(scale).sum(-1)
+
+    def inverse(self, inputs: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``z`` ``(n, D)`` -> ``y`` ``(n, D)`` and ``log |dy/dz|`` ``(n,)``."""
+        shift, scale = self._shift_and_scale(context)
+        return inputs * scale + shift, torch.log(scale).sum(-1)
+
+
 def _autoregressive(cls: type[AutoregressiveTransform], cfg: FlowConfig, activation: Any, **kwargs: Any) -> Transform:
     """An nflows autoregressive transform ``cls`` whose conditioner is ``cfg.conditioner``."""
     if cfg.conditioner not in CONDITIONERS:
@@ -317,6 +385,8 @@ def _build_transform(cfg: FlowConfig) -> Transform:
     if cfg.kind == "realnvp" and cfg.features < 2:
         raise ValueError("flow='realnvp' needs at least 2 parameters (coupling splits them); use 'maf' or 'nsf'")
     layers: list[Transform] = []
+    if cfg.conditional_affine:
+        layers.append(ConditionalAffine(cfg.features, cfg.context_features, cfg.hidden_features))
     for i in range(cfg.num_transforms):
         if cfg.kind == "maf":
             layers.append(_autoregressive(AffineAutoregressive, cfg, torch.tanh))
@@ -487,6 +557,7 @@ def build_flow(
     num_blocks: int = 2,
     num_bins: int = 8,
     tail_bound: float = 5.0,
+    conditional_affine: bool = False,
 ) -> ConditionalFlow:
     """Build a :class:`ConditionalFlow`.
 
@@ -502,6 +573,7 @@ def build_flow(
         num_blocks: layers per conditioner.
         num_bins: spline bins for ``nsf``.
         tail_bound: spline interval half-width (in standardised units) for ``nsf``.
+        conditional_affine: start with a :class:`ConditionalAffine` layer.
 
     Returns:
         The flow, with identity standardisation until :meth:`ConditionalFlow.set_standardization`.
@@ -528,5 +600,6 @@ def build_flow(
         num_blocks=int(num_blocks),
         num_bins=int(num_bins),
         tail_bound=float(tail_bound),
+        conditional_affine=bool(conditional_affine),
     )
     return ConditionalFlow(cfg, tuple(context_shape), embedding)

@@ -205,6 +205,22 @@ def test_parse_config_defaults():
         {"simulator": {"name": "supernova"}, "estimator": {"num_blocks": 1}, "observation": {"theta_true": [0.3, -1]}}
     )
     assert blocks.estimator.npe_kwargs() == {"flow": "auto", "device": "auto", "num_blocks": 1}
+    affine = parse_config(
+        {
+            "simulator": {"name": "supernova"},
+            "estimator": {"conditional_affine": False},
+            "observation": {"theta_true": [0.3, -1]},
+        }
+    )
+    assert affine.estimator.npe_kwargs() == {"flow": "auto", "device": "auto", "conditional_affine": False}
+    with pytest.raises(ConfigError, match=r"conditional_affine must be true or false"):
+        parse_config(
+            {
+                "simulator": {"name": "supernova"},
+                "estimator": {"conditional_affine": 1},
+                "observation": {"theta_true": [0.3, -1]},
+            }
+        )
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)

@@ -14,7 +14,14 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.functional import jacobian
 
-from sbikit.flows import FLOW_KINDS, ConditionalFlow, FlowConfig, SoftplusAffineCoupling, build_flow
+from sbikit.flows import (
+    FLOW_KINDS,
+    ConditionalAffine,
+    ConditionalFlow,
+    FlowConfig,
+    SoftplusAffineCoupling,
+    build_flow,
+)
 
 F64 = torch.float64
 _LOG_2PI = math.log(2 * math.pi)
@@ -40,9 +47,13 @@ def _data(n: int, features: int, context_dim: int, seed: int = 0) -> tuple[torch
     return y, c
 
 
-def _flow(kind: str, features: int = 3, context_dim: int = 2, *, perturb: float = 0.1) -> tuple[ConditionalFlow, ...]:
+def _flow(
+    kind: str, features: int = 3, context_dim: int = 2, *, perturb: float = 0.1, affine: bool = False
+) -> tuple[ConditionalFlow, ...]:
     """A small float64 flow with standardisation set from data and perturbed weights, plus the data."""
-    flow = build_flow(kind, features, (context_dim,), hidden_features=8, num_transforms=2, num_blocks=1).double()
+    flow = build_flow(
+        kind, features, (context_dim,), hidden_features=8, num_transforms=2, num_blocks=1, conditional_affine=affine
+    ).double()
     y, c = _data(400, features, context_dim)
     flow.set_standardization(y, c)
     assert not torch.allclose(flow.y_shift, torch.zeros_like(flow.y_shift))
@@ -68,9 +79,10 @@ def _zero_context_weights(flow: ConditionalFlow) -> None:
     assert zeroed > 0
 
 
+@pytest.mark.parametrize("affine", [False, True], ids=["", "affine"])
 @pytest.mark.parametrize("kind", FLOW_KINDS)
-def test_inverse_of_forward_is_identity(kind: str) -> None:
-    flow, y, c = _flow(kind)
+def test_inverse_of_forward_is_identity(kind: str, affine: bool) -> None:
+    flow, y, c = _flow(kind, affine=affine)
     # Include rows far in the tails (beyond the spline interval of nsf) as well as typical rows.
     y = torch.cat([y[:20], flow.y_shift + 8.0 * flow.y_scale * torch.tensor([[1.0, -1.0, 0.5]], dtype=F64)])
     c = torch.cat([c[:20], c[:1]])
@@ -84,9 +96,10 @@ def test_inverse_of_forward_is_identity(kind: str) -> None:
     torch.testing.assert_close(inv_logdet, -logdet, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("affine", [False, True], ids=["", "affine"])
 @pytest.mark.parametrize("kind", FLOW_KINDS)
-def test_sample_embedded_maps_back_to_noise(kind: str) -> None:
-    flow, _, c = _flow(kind)
+def test_sample_embedded_maps_back_to_noise(kind: str, affine: bool) -> None:
+    flow, _, c = _flow(kind, affine=affine)
     m, n, d = 3, 50, flow.config.features
     with torch.no_grad():
         emb = flow.embed(c[:m])
@@ -99,9 +112,10 @@ def test_sample_embedded_maps_back_to_noise(kind: str) -> None:
     torch.testing.assert_close(z, noise, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("affine", [False, True], ids=["", "affine"])
 @pytest.mark.parametrize("kind", FLOW_KINDS)
-def test_log_prob_matches_autograd_jacobian(kind: str) -> None:
-    flow, y, c = _flow(kind)
+def test_log_prob_matches_autograd_jacobian(kind: str, affine: bool) -> None:
+    flow, y, c = _flow(kind, affine=affine)
     y = torch.cat([y[:6], flow.y_shift + 7.0 * flow.y_scale * torch.tensor([[-1.0, 0.3, 1.0]], dtype=F64)])
     c = c[:7]
     lp = flow.log_prob(y, c).detach()
@@ -119,8 +133,9 @@ def test_log_prob_matches_autograd_jacobian(kind: str) -> None:
         torch.testing.assert_close(lp[i], expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("affine", [False, True], ids=["", "affine"])
 @pytest.mark.parametrize("kind", FLOW_KINDS)
-def test_density_integrates_to_one(kind: str) -> None:
+def test_density_integrates_to_one(kind: str, affine: bool) -> None:
     """Midpoint rule over a box that covers all of 10k samples with a margin.
 
     Tolerance: for exchangeable draws, a new draw falls beyond the largest (or smallest) of n
@@ -131,7 +146,7 @@ def test_density_integrates_to_one(kind: str) -> None:
     of both is far below the 5e-3 allowed; a density off by a constant factor (e.g. a
     dropped ``log y_scale`` term: a factor prod(y_scale) ~ 1.5 here) fails clearly.
     """
-    flow, y, c = _flow(kind, features=2, context_dim=2)
+    flow, y, c = _flow(kind, features=2, context_dim=2, affine=affine)
     ctx = c[:1]
     with torch.no_grad():
         s = flow.sample(10_000, ctx, generator=torch.Generator().manual_seed(3))[0]
@@ -499,3 +514,42 @@ def test_one_pass_inverse_with_custom_activation_falls_back_to_concatenation() -
         y, _ = flow.transform.inverse(z, context=embedded)
         y_ref, _ = _loop_inverse(flow, z, embedded)
     torch.testing.assert_close(y, y_ref, atol=1e-9, rtol=1e-9)
+
+
+# -- the conditional affine layer -------------------------------------------------------------------
+
+
+def test_conditional_affine_starts_as_identity_and_moves_with_the_context() -> None:
+    """Zero-initialised output layer: at construction the layer is the identity; trained
+    (perturbed) weights make its shift and scale depend on the context."""
+    layer = ConditionalAffine(3, 2, 16).double()
+    y, c = torch.randn(20, 3, dtype=F64), torch.randn(20, 2, dtype=F64)
+    z, logabsdet = layer(y, context=c)
+    torch.testing.assert_close(z, y)
+    torch.testing.assert_close(logabsdet, torch.zeros(20, dtype=F64))
+    _perturb(layer, 0.5)
+    with torch.no_grad():
+        z, logabsdet = layer(y[:1].expand(20, -1), context=c)
+        back, inverse_logabsdet = layer.inverse(z, context=c)
+    assert (z.std(0) > 1e-3).all() and logabsdet.std() > 1e-3
+    torch.testing.assert_close(back, y[:1].expand(20, -1))
+    torch.testing.assert_close(inverse_logabsdet, -logabsdet)
+    with pytest.raises(ValueError, match="context"):
+        layer(y)
+
+
+def test_conditional_affine_is_the_first_layer_and_saved_in_the_config() -> None:
+    flow = build_flow("nsf", 2, (3,), hidden_features=8, num_transforms=2, conditional_affine=True)
+    assert isinstance(flow.transform._transforms[0], ConditionalAffine)
+    assert not any(isinstance(t, ConditionalAffine) for t in build_flow("nsf", 2, (3,)).transform._transforms)
+    saved = flow.config.to_dict()
+    assert saved["conditional_affine"] is True
+    rebuilt = ConditionalFlow(FlowConfig.from_dict(saved), (3,))
+    rebuilt.load_state_dict(flow.state_dict())
+    _perturb(flow, 0.3)
+    rebuilt.load_state_dict(flow.state_dict())
+    y, c = torch.randn(5, 2), torch.randn(5, 3)
+    torch.testing.assert_close(rebuilt.log_prob(y, c), flow.log_prob(y, c))
+    # A config saved before the field existed has no such layer.
+    old = {k: v for k, v in saved.items() if k != "conditional_affine"}
+    assert FlowConfig.from_dict(old).conditional_affine is False

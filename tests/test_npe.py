@@ -137,3 +137,29 @@ def test_default_recipe_returns_the_weight_average(two_moons_run) -> None:
     # Not screened with the plateau schedule (RealNVP, a jointly trained CNN): off there.
     assert default_recipe("realnvp", 9_000).ema_decay is None
     assert default_recipe("nsf", 9_000, conv_embedding=True).ema_decay is None
+
+
+def test_default_nsf_starts_with_the_conditional_affine_layer(two_moons_run, gaussian_linear_run, tmp_path) -> None:
+    """NSF (two_moons) gets the x-dependent shift-and-scale layer by default, MAF
+    (gaussian_linear, 10 parameters) does not; the choice travels with the saved flow."""
+    from sbikit.flows import ConditionalAffine
+
+    def has_affine(posterior: sbikit.FlowPosterior) -> bool:
+        return any(isinstance(t, ConditionalAffine) for t in posterior.flow.transform._transforms)
+
+    _, nsf = two_moons_run
+    _, maf = gaussian_linear_run
+    assert nsf.flow.config.kind == "nsf" and nsf.flow.config.conditional_affine and has_affine(nsf)
+    assert maf.flow.config.kind == "maf" and not maf.flow.config.conditional_affine and not has_affine(maf)
+    sim = simulators.get("two_moons")
+    theta = sim.prior.sample(200, seed=0)
+    x = sim.simulate(theta, seed=1)
+    off = sbikit.NPE(sim.prior, device="cpu", conditional_affine=False).fit(theta, x, max_epochs=1, progress=False)
+    on = sbikit.NPE(sim.prior, flow="maf", device="cpu", conditional_affine=True).fit(
+        theta, x, max_epochs=1, progress=False
+    )
+    assert not has_affine(off) and has_affine(on)
+    loaded = sbikit.load(nsf.save(tmp_path / "nsf.pt"))
+    assert has_affine(loaded)
+    x_o = sim.simulate(sim.prior.sample(1, seed=5), seed=6)[0]
+    torch.testing.assert_close(loaded.log_prob(theta[:50], x=x_o), nsf.log_prob(theta[:50], x=x_o))

@@ -64,6 +64,9 @@ EMA_DECAY = 0.99
 AUTO_NSF_MAX_DIM = 5
 #: Conditioner width when ``hidden_features`` is not given, per flow kind.
 DEFAULT_HIDDEN = {"nsf": 128, "maf": 64, "realnvp": 64}
+#: Flow kinds that start with a :class:`sbikit.flows.ConditionalAffine` layer when
+#: ``conditional_affine`` is not given (docs/defaults.md, fifth round).
+CONDITIONAL_AFFINE_KINDS = ("nsf",)
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,10 @@ class NPE(FlowEstimator):
         num_bins: spline bins (``nsf`` only).
         num_blocks: hidden layers after the first in each conditioner (with one instead of
             two, slcp's held-out log density was 0.5-0.6 nats worse; docs/defaults.md).
+        conditional_affine: start the flow with a :class:`sbikit.flows.ConditionalAffine`
+            layer (a shift and scale of the parameters computed from ``x``, which centres
+            and scales each posterior before the other layers); ``None``: on for NSF
+            (``CONDITIONAL_AFFINE_KINDS``), off otherwise.
         theta_names: optional parameter names carried by the posterior.
     """
 
@@ -216,12 +223,15 @@ class NPE(FlowEstimator):
         num_transforms: int = 5,
         num_bins: int = 8,
         num_blocks: int = 2,
+        conditional_affine: bool | None = None,
         theta_names: list[str] | None = None,
     ) -> None:
         prior = as_prior(prior)
         flow = resolve_flow(flow, prior.dim)
         if hidden_features is None:
             hidden_features = DEFAULT_HIDDEN.get(flow, 64)
+        if conditional_affine is None:
+            conditional_affine = flow in CONDITIONAL_AFFINE_KINDS
         super().__init__(
             prior,
             flow,
@@ -233,6 +243,7 @@ class NPE(FlowEstimator):
             theta_names=theta_names,
         )
         self.embedding = embedding
+        self.conditional_affine = bool(conditional_affine)
 
     def fit(
         self,
@@ -311,6 +322,7 @@ class NPE(FlowEstimator):
                 num_transforms=self.num_transforms,
                 num_bins=self.num_bins,
                 num_blocks=self.num_blocks,
+                conditional_affine=self.conditional_affine,
             )
         num_rows = standardize(flow, data)
         if getattr(flow.embedding, "takes_raw_input", False):  # a frozen compressor z-scores x itself
