@@ -38,6 +38,7 @@ __all__ = [
     "CONV_LEARNING_RATE",
     "MAF_LEARNING_RATE",
     "VECTOR_LEARNING_RATE",
+    "CONDITIONAL_AFFINE_KINDS",
 ]
 
 logger = logging.getLogger(__name__)
