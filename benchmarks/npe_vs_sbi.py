@@ -133,6 +133,7 @@ def run_one(task: str, n: int, method: str, num_obs: int, seed: int) -> dict:
         "task": task,
         "num_simulations": n,
         "method": method,
+        "seed": seed,
         "train_time_s": train_time[0],
         "train_cpu_s": train_time[1],
         "epochs": epochs,

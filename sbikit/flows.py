@@ -278,24 +278,9 @@ class SplineAutoregressive(_OnePassInverse, MaskedPiecewiseRationalQuadraticAuto
     tensors of NPE makes the spline cost more than the conditioner network.
     """
 
-    def _invert_feature(self, index: int, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        outputs, logabsdet = rational_quadratic_spline(
-            inputs,
-            params,
-            bound=self.tail_bound,
-            inverse=True,
-            min_bin_width=self.min_bin_width,
-            min_bin_height=self.min_bin_height,
-            min_derivative=self.min_derivative,
-        )
-        return outputs, logabsdet
-
-    def _elementwise(
-        self, inputs: Tensor, autoregressive_params: Tensor, inverse: bool = False
-    ) -> tuple[Tensor, Tensor]:
-        batch, features = inputs.shape[0], inputs.shape[1]
-        params = autoregressive_params.view(batch, features, self._output_dim_multiplier())
-        outputs, logabsdet = rational_quadratic_spline(
+    def _spline(self, inputs: Tensor, params: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        """The layer's spline on inputs ``(...)`` with parameters ``(..., 3 K - 1)``, elementwise."""
+        return rational_quadratic_spline(
             inputs,
             params,
             bound=self.tail_bound,
@@ -304,6 +289,16 @@ class SplineAutoregressive(_OnePassInverse, MaskedPiecewiseRationalQuadraticAuto
             min_bin_height=self.min_bin_height,
             min_derivative=self.min_derivative,
         )
+
+    def _invert_feature(self, index: int, inputs: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return self._spline(inputs, params, inverse=True)
+
+    def _elementwise(
+        self, inputs: Tensor, autoregressive_params: Tensor, inverse: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        batch, features = inputs.shape[0], inputs.shape[1]
+        params = autoregressive_params.view(batch, features, self._output_dim_multiplier())
+        outputs, logabsdet = self._spline(inputs, params, inverse)
         return outputs, logabsdet.sum(-1)
 
 
