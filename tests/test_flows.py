@@ -553,3 +553,19 @@ def test_conditional_affine_is_the_first_layer_and_saved_in_the_config() -> None
     # A config saved before the field existed has no such layer.
     old = {k: v for k, v in saved.items() if k != "conditional_affine"}
     assert FlowConfig.from_dict(old).conditional_affine is False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["maf", "nsf"])
+def test_one_pass_inverse_on_cuda_equals_the_cpu(kind: str) -> None:
+    """The in-place one-pass inverse on a CUDA device gives the CPU's samples (float64)."""
+    flow = build_flow(kind, 4, (3,), hidden_features=32, num_transforms=3, conditional_affine=True).double()
+    _perturb(flow, 0.3)
+    z, c = torch.randn(2000, 4, dtype=F64), torch.randn(2000, 3, dtype=F64)
+    with torch.no_grad():
+        y_cpu, logabsdet_cpu = flow.transform.inverse(z, context=flow.embed(c))
+        flow.cuda()
+        y_gpu, logabsdet_gpu = flow.transform.inverse(z.cuda(), context=flow.embed(c.cuda()))
+    torch.testing.assert_close(y_gpu.cpu(), y_cpu, atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(logabsdet_gpu.cpu(), logabsdet_cpu, atol=1e-8, rtol=1e-9)
