@@ -19,7 +19,7 @@ values shown for optional keys are their defaults)::
     # num_transforms = 5
     # num_bins = 8              # nsf only
     # num_blocks = 2            # hidden layers after the first in each conditioner
-    # conditional_affine = true # a first layer that shifts and scales by x (default: nsf only)
+    # conditional_affine = true # x-dependent shift-and-scale first layer (default: nsf on, maf off)
 
     [train]                     # optional keys are passed to NPE.fit; left out = its default
     seed = 0
