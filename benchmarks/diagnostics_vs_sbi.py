@@ -6,8 +6,9 @@ posterior samples per pair. Both toolkits are timed on the SAME posterior object
 
 * sbi's own NPE (MAF) trained on the data: sbi's ``run_sbc`` / ``run_tarp`` get it as
   usual, sbikit's diagnostics get it duck-typed (they call its ``sample_batched``, as sbi does);
-* sbikit's NPE (default flow) trained on the same data: sbi gets it through a thin adapter
-  exposing ``sample_batched((n,), x=...) -> (n, m, d)``.
+* sbikit's NPE (MAF unless ``--flow`` says otherwise, as in the first run; ``--flow auto``
+  for NPE's default) trained on the same data: sbi gets it through a thin adapter exposing
+  ``sample_batched((n,), x=...) -> (n, m, d)``.
 
 The end-to-end ratio (sbi's diagnostics on sbi's posterior over sbikit's on sbikit's) is
 reported too.
@@ -72,11 +73,11 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread"
 
 
-def train(kind: str, theta: torch.Tensor, x: torch.Tensor):
+def train(kind: str, theta: torch.Tensor, x: torch.Tensor, flow: str = "maf"):
     sim = simulators.get("two_moons")
     t = time.perf_counter()
     if kind == "sbikit":
-        post = sbikit.NPE(sim.prior, flow="maf").fit(theta, x, seed=0, progress=False)
+        post = sbikit.NPE(sim.prior, flow=flow).fit(theta, x, seed=0, progress=False)
     else:
         from sbi.inference import NPE as SbiNPE
         from sbi.utils import BoxUniform
@@ -103,8 +104,12 @@ def _time(fn, *args, **kwargs):
     return out, time.perf_counter() - t
 
 
-def compare() -> dict:
-    """Train both posteriors on the same data; time both toolkits on each posterior."""
+def compare(flow: str = "maf") -> dict:
+    """Train both posteriors on the same data; time both toolkits on each posterior.
+
+    Args:
+        flow: sbikit NPE's flow (``"maf"``, as in the first run; ``"auto"``: NPE's default).
+    """
     from sbi.diagnostics import run_sbc as sbi_run_sbc
     from sbi.diagnostics import run_tarp as sbi_run_tarp
     from sbi.diagnostics.tarp import check_tarp as sbi_check_tarp
@@ -115,9 +120,14 @@ def compare() -> dict:
     x = torch.as_tensor(np.asarray(sim.simulate(theta, seed=1)), dtype=torch.float32)
     theta_t = sim.prior.sample(NUM_TESTS, seed=100)
     x_t = torch.as_tensor(np.asarray(sim.simulate(theta_t, seed=101)), dtype=torch.float32)
-    record: dict = {"machine": machine(), "num_tests": NUM_TESTS, "num_posterior_samples": NUM_SAMPLES}
+    record: dict = {
+        "machine": machine(),
+        "num_tests": NUM_TESTS,
+        "num_posterior_samples": NUM_SAMPLES,
+        "sbikit_flow": flow,
+    }
     # Train both first, so the timings below are taken close together (the machine is shared).
-    trained = {kind: train(kind, theta, x) for kind in ("sbikit", "sbi")}
+    trained = {kind: train(kind, theta, x, flow) for kind in ("sbikit", "sbi")}
     for kind, (post, train_s) in trained.items():
         sbi_post = post if kind == "sbi" else SbiAdapter(post)
         # The posterior's own sampling cost (shared by both toolkits on the same posterior).
@@ -193,8 +203,9 @@ def main() -> None:
     ap.add_argument("--num-tests", type=int, default=300)
     ap.add_argument("--num-samples", type=int, default=300)
     ap.add_argument("--out", type=Path, default=None, help="append the JSON record here")
+    ap.add_argument("--flow", default="maf", help="sbikit NPE's flow: maf (the first run's) or auto (NPE's default)")
     args = ap.parse_args()
-    rec = size_power(args.seeds, args.num_tests, args.num_samples) if args.size_power else compare()
+    rec = size_power(args.seeds, args.num_tests, args.num_samples) if args.size_power else compare(args.flow)
     print(json.dumps(rec, indent=2))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
