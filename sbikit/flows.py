@@ -13,6 +13,9 @@ Three families are available through :func:`build_flow`:
   context;
 * ``"nsf"``: masked autoregressive rational-quadratic splines with linear tails.
 
+Sampling inverts the autoregressive layers with :meth:`ConditionalMADE.invert`, one pass of
+the network per layer instead of nflows' one pass per feature.
+
 Any family can start (on the data side) with a :class:`ConditionalAffine` layer
 (``conditional_affine=True``): an elementwise shift and scale of ``y`` computed from the
 context alone, which puts each conditional density at the origin with unit width before
