@@ -164,7 +164,9 @@ class ConditionalMADE(nn.Module):
             _MaskedLinear(hidden_degrees[:, None] >= hidden_degrees[None, :]) for _ in range(num_blocks)
         )
         self.final_layer = _MaskedLinear(out_degrees[:, None] > hidden_degrees[None, :])
-        self.register_buffer("hidden_degrees", hidden_degrees, persistent=False)
+        # For :meth:`invert`: the hidden units sorted by degree, and where each degree's run ends.
+        self.register_buffer("degree_order", torch.argsort(hidden_degrees, stable=True), persistent=False)
+        self.degree_ends: tuple[int, ...] = tuple(torch.bincount(hidden_degrees, minlength=features).cumsum(0).tolist())
 
     def forward(self, inputs: Tensor, context: Tensor | None = None) -> Tensor:
         """Autoregressive parameters ``(n, D * output_multiplier)`` of inputs ``(n, D)`` and context ``(n, C)``."""
@@ -199,8 +201,7 @@ class ConditionalMADE(nn.Module):
         """
         n, features = inputs.shape
         multiplier = self.final_layer.out_features // features
-        order = torch.argsort(self.hidden_degrees, stable=True)
-        ends = torch.bincount(self.hidden_degrees, minlength=features).cumsum(0).tolist()
+        order, ends = self.degree_order, self.degree_ends
         # Weights with the hidden units in degree order; the sub-blocks used below lie
         # entirely inside the masks, so they need no masking. Hidden units are kept as
         # (units, n), so each step's new units are a block of rows.
