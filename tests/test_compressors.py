@@ -346,7 +346,7 @@ def test_npe_cnn_embedding(grf_data, tmp_path) -> None:
     assert post.info["learning_rate"][0] == pytest.approx(sbikit.inference.npe.CONV_LEARNING_RATE)
     assert post.info["recipe"]["schedule"] == "plateau"
     vec = sbikit.NPE(prior, device="cpu").fit(theta, x.reshape(len(x), -1), seed=0, max_epochs=1, progress=False)
-    assert vec.info["recipe"]["learning_rate"] == pytest.approx(sbikit.inference.npe.VECTOR_LEARNING_RATE)
+    assert vec.info["recipe"]["learning_rate"] == pytest.approx(sbikit.inference.npe.NSF_LEARNING_RATE)
     assert vec.info["recipe"]["schedule"] == "cosine"
     assert post.sample(10, x=x[0], seed=0).shape == (10, 2)
     back = sbikit.load(post.save(tmp_path / "cnn.pt"))

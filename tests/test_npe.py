@@ -139,6 +139,23 @@ def test_default_recipe_returns_the_weight_average(two_moons_run) -> None:
     assert default_recipe("nsf", 9_000, conv_embedding=True).ema_decay is None
 
 
+def test_nsf_peak_rate_depends_on_the_weight_average() -> None:
+    """NPE's NSF peaks at 1e-2 with the average; FlowDensity, which keeps the raw weights, at 6e-3."""
+    import sbikit.inference.npe as npe_module
+    from sbikit.density import FlowDensity
+
+    with_average = npe_module.default_recipe("nsf", 9_000)
+    assert (with_average.learning_rate, with_average.ema_decay) == (npe_module.NSF_LEARNING_RATE, 0.99)
+    without = npe_module.default_recipe("nsf", 9_000, weight_average=False)
+    assert (without.learning_rate, without.ema_decay) == (npe_module.VECTOR_LEARNING_RATE, None)
+    assert npe_module.NSF_LEARNING_RATE == 1e-2 and npe_module.VECTOR_LEARNING_RATE == 6e-3
+    # MAF keeps its rate either way.
+    assert npe_module.default_recipe("maf", 9_000, weight_average=False).learning_rate == 3e-3
+    z = torch.randn(400, 2, generator=torch.Generator().manual_seed(0))
+    density = FlowDensity(flow="nsf", hidden_features=8, num_transforms=1).fit(z, seed=0, max_epochs=1, progress=False)
+    assert density.recipe is not None and density.recipe.learning_rate == npe_module.VECTOR_LEARNING_RATE
+
+
 def test_default_nsf_starts_with_the_conditional_affine_layer(two_moons_run, gaussian_linear_run, tmp_path) -> None:
     """NSF (two_moons) gets the x-dependent shift-and-scale layer by default, MAF
     (gaussian_linear, 10 parameters) does not; the choice travels with the saved flow."""

@@ -187,7 +187,7 @@ class FlowDensity(AnomalyScore):
             )
         flow.set_standardization(zt, _context(zt))
         num_train = len(zt) - max(1, int(round(len(zt) * validation_fraction)))
-        base = npe.default_recipe(kind, num_train)
+        base = npe.default_recipe(kind, num_train, weight_average=False)
         schedule = base.schedule if schedule is None else schedule
         epochs = base.max_epochs if max_epochs is None else int(max_epochs)
         recipe = npe.TrainingRecipe(
