@@ -20,11 +20,12 @@ values shown for optional keys are their defaults)::
     # num_bins = 8              # nsf only
     # num_blocks = 2            # hidden layers after the first in each conditioner
     # conditional_affine = true # x-dependent shift-and-scale first layer (default: nsf on, maf off)
+    # embedding = "auto"        # auto (an MLP of x for nsf on vectors) | mlp | cnn (images) | none
 
     [train]                     # optional keys are passed to NPE.fit; left out = its default
     seed = 0
     # batch_size = 512
-    # learning_rate = 6e-3      # peak: 6e-3 for nsf, 3e-3 for maf; 1e-3 for realnvp
+    # learning_rate = 1e-2      # peak: 1e-2 for nsf, 3e-3 for maf; 1e-3 for realnvp
     # max_epochs = 60           # nsf/maf: the cosine schedule's length (60 for 10^4 simulations)
     # schedule = "cosine"       # cosine (nsf, maf) | plateau (realnvp)
     # validation_fraction = 0.1
@@ -99,9 +100,11 @@ __all__ = [
     "load_config",
     "parse_config",
     "FLOWS",
+    "EMBEDDINGS",
 ]
 
 FLOWS = ("auto", "maf", "realnvp", "nsf")
+EMBEDDINGS = ("auto", "mlp", "cnn", "none")
 SCHEDULES = ("plateau", "cosine")  # sbikit.train.SCHEDULES, kept here so that reading a config needs no torch
 
 
@@ -137,6 +140,7 @@ class EstimatorConfig:
     num_bins: int | None = None
     num_blocks: int | None = None
     conditional_affine: bool | None = None
+    embedding: str | None = None
 
     def npe_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``sbikit.NPE(prior, **kwargs)`` (only the ones set)."""
@@ -145,6 +149,8 @@ class EstimatorConfig:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
+        if self.embedding is not None:
+            out["embedding"] = None if self.embedding == "none" else self.embedding
         return out
 
 
@@ -432,7 +438,16 @@ def _parse(data: Mapping[str, Any], source: str | None) -> RunConfig:
     sec = _Section(
         "estimator",
         data.get("estimator", {}),
-        allowed=("flow", "device", "hidden_features", "num_transforms", "num_bins", "num_blocks", "conditional_affine"),
+        allowed=(
+            "flow",
+            "device",
+            "hidden_features",
+            "num_transforms",
+            "num_bins",
+            "num_blocks",
+            "conditional_affine",
+            "embedding",
+        ),
     )
     estimator = EstimatorConfig(
         flow=sec.string("flow", EstimatorConfig.flow, choices=FLOWS),
@@ -442,6 +457,7 @@ def _parse(data: Mapping[str, Any], source: str | None) -> RunConfig:
         num_bins=sec.integer("num_bins", minimum=1),
         num_blocks=sec.integer("num_blocks", minimum=0),
         conditional_affine=sec.boolean("conditional_affine", None),
+        embedding=sec.string("embedding", None, choices=EMBEDDINGS),
     )
 
     sec = _Section(

@@ -490,6 +490,23 @@ class ConditionalFlow(nn.Module):
         """Standardise and embed contexts ``(n, *context_shape)`` -> ``(n, context_features)``."""
         return self.embedding((context - self.c_shift) / self.c_scale)
 
+    @property
+    def embedding_passes_x(self) -> bool:
+        """Whether the embedded context holds the whole z-scored context (no embedding, or one
+        that passes its input through, such as :class:`sbikit.embeddings.MLPEmbedding`)."""
+        return isinstance(self.embedding, nn.Flatten) or bool(getattr(self.embedding, "pass_input", False))
+
+    def typicality_summaries(self, embedded: Tensor) -> Tensor:
+        """What a typicality check rates of an embedded context ``(n, context_features)``.
+
+        The embedding's output, except for an embedding that passes its input through: then
+        only that input, the z-scored ``x`` ``(n, prod(context_shape))``, as without one
+        (its learned features add nothing the check needs and dimensions it does not).
+        """
+        if isinstance(self.embedding, nn.Flatten) or not getattr(self.embedding, "pass_input", False):
+            return embedded
+        return self.embedding.input_part(embedded)
+
     # -- density ---------------------------------------------------------------------
     def log_prob(self, y: Tensor, context: Tensor) -> Tensor:
         """``log q(y | c)`` for paired rows.

@@ -213,6 +213,23 @@ def test_parse_config_defaults():
         }
     )
     assert affine.estimator.npe_kwargs() == {"flow": "auto", "device": "auto", "conditional_affine": False}
+    for name, expected in (("none", None), ("mlp", "mlp"), ("auto", "auto")):
+        embedded = parse_config(
+            {
+                "simulator": {"name": "supernova"},
+                "estimator": {"embedding": name},
+                "observation": {"theta_true": [0.3, -1]},
+            }
+        )
+        assert embedded.estimator.npe_kwargs() == {"flow": "auto", "device": "auto", "embedding": expected}
+    with pytest.raises(ConfigError, match=r"embedding must be one of auto, mlp, cnn, none; got 'transformer'"):
+        parse_config(
+            {
+                "simulator": {"name": "supernova"},
+                "estimator": {"embedding": "transformer"},
+                "observation": {"theta_true": [0.3, -1]},
+            }
+        )
     with pytest.raises(ConfigError, match=r"conditional_affine must be true or false"):
         parse_config(
             {

@@ -153,15 +153,20 @@ class ConvDecoder(nn.Module):
         return out[..., :h, :w].reshape(z.shape[0], *self.x_shape)
 
 
-def make_embedding(embedding: Any, x_shape: tuple[int, ...], num_parameters: int) -> nn.Module | None:
+def make_embedding(
+    embedding: Any, x_shape: tuple[int, ...], num_parameters: int, *, hidden_features: int = 128
+) -> nn.Module | None:
     """Resolve NPE's ``embedding=`` argument into a module (or ``None`` to flatten ``x``).
 
     Args:
         embedding: ``None``, ``"cnn"`` (a :class:`ConvEncoder` trained jointly with the flow),
-            an ``nn.Module`` (trained jointly), or a fitted
-            :class:`~sbikit.compressors.Compressor` (frozen).
+            ``"mlp"`` (a :class:`sbikit.embeddings.MLPEmbedding` of the flattened ``x``,
+            trained jointly), an ``nn.Module`` (trained jointly), or a fitted
+            :class:`~sbikit.compressors.Compressor` (frozen). ``"auto"`` is resolved by
+            :class:`sbikit.NPE` before this is called.
         x_shape: shape of one observation.
         num_parameters: ``d``; the CNN gives ``max(8, 4 d)`` summaries.
+        hidden_features: width of the ``"mlp"`` embedding's hidden layers.
 
     Returns:
         A fresh module (a copy for user modules is made by the caller).
@@ -183,7 +188,14 @@ def make_embedding(embedding: Any, x_shape: tuple[int, ...], num_parameters: int
     if isinstance(embedding, str):
         if embedding.lower() == "cnn":
             return ConvEncoder(x_shape, max(8, 4 * int(num_parameters)))
-        raise ValueError(f"embedding must be None, 'cnn', an nn.Module or a fitted Compressor, got {embedding!r}")
+        if embedding.lower() == "mlp":
+            from sbikit.embeddings import MLPEmbedding
+
+            return MLPEmbedding(int(math.prod(x_shape)), hidden_features=hidden_features)
+        raise ValueError(
+            f"embedding must be None, 'auto', 'mlp', 'cnn', an nn.Module or a fitted Compressor, got {embedding!r}"
+        )
     raise TypeError(
-        f"embedding must be None, 'cnn', an nn.Module or a fitted Compressor, got {type(embedding).__name__}"
+        "embedding must be None, 'auto', 'mlp', 'cnn', an nn.Module or a fitted Compressor, got "
+        f"{type(embedding).__name__}"
     )

@@ -246,10 +246,11 @@ class FlowPosterior(TrainedFlowModel):
 
     def _check_summaries(self, xt: Tensor, embedded: Tensor) -> Tensor:
         """What the typicality check rates: the embedded ``x``, and the raw data's residual statistic if any."""
+        summaries = self.flow.typicality_summaries(embedded)
         residual = None if self.typicality is None else self.typicality.residual
         if residual is None:
-            return embedded
-        return torch.cat([embedded, residual(xt).to(embedded.device)], dim=1)
+            return summaries
+        return torch.cat([summaries, residual(xt).to(summaries.device)], dim=1)
 
     # -- density ------------------------------------------------------------------------
     def log_prob(self, theta: Any, x: Any) -> Tensor:
