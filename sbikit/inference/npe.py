@@ -142,9 +142,7 @@ def default_recipe(
         else:
             peak = MAF_LEARNING_RATE
         ema = EMA_DECAY if weight_average else None
-        return TrainingRecipe(
-            npe_batch_size(num_train), peak, "cosine", cosine_epochs(num_train), WARMUP_EPOCHS, ema
-        )
+        return TrainingRecipe(npe_batch_size(num_train), peak, "cosine", cosine_epochs(num_train), WARMUP_EPOCHS, ema)
     return TrainingRecipe(default_batch_size(num_train), CONV_LEARNING_RATE, "plateau", 1000)
 
 
