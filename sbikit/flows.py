@@ -21,6 +21,10 @@ Any family can start (on the data side) with a :class:`ConditionalAffine` layer
 context alone, which puts each conditional density at the origin with unit width before
 the other layers see it.
 
+:class:`MLPEmbedding` is a context embedding for vector contexts, ``c -> [c, MLP(c)]``,
+trained jointly with the flow: every layer then reads the same learned features of the
+context (NPE's default for NSF on vector data, ``NPE(embedding="auto")``).
+
 The autoregressive families use :class:`ConditionalMADE` as their conditioner, not nflows'
 ``MADE``: in nflows' MADE the context reaches only hidden units that the output mask hides
 from the first feature, so in every layer the first feature's transform ignores the
@@ -56,6 +60,8 @@ __all__ = [
     "ConditionalFlow",
     "ConditionalMADE",
     "ConditionalAffine",
+    "MLPEmbedding",
+    "MLP_EMBEDDING_FEATURES",
     "build_flow",
     "FLOW_KINDS",
     "CONDITIONERS",
@@ -493,7 +499,7 @@ class ConditionalFlow(nn.Module):
     @property
     def embedding_passes_x(self) -> bool:
         """Whether the embedded context holds the whole z-scored context (no embedding, or one
-        that passes its input through, such as :class:`sbikit.embeddings.MLPEmbedding`)."""
+        that passes its input through, such as :class:`sbikit.flows.MLPEmbedding`)."""
         return isinstance(self.embedding, nn.Flatten) or bool(getattr(self.embedding, "pass_input", False))
 
     def typicality_summaries(self, embedded: Tensor) -> Tensor:
@@ -554,6 +560,82 @@ class ConditionalFlow(nn.Module):
     def sample(self, num_samples: int, context: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``num_samples`` for each context ``(m, *context_shape)`` -> ``(m, num_samples, features)``."""
         return self.sample_embedded(num_samples, self.embed(context), generator)
+
+
+#: Learned features of :class:`MLPEmbedding` when ``out_features`` is not given.
+MLP_EMBEDDING_FEATURES = 32
+
+
+class MLPEmbedding(nn.Module):
+    """``x -> [x, MLP(x)]``: the input and learned features of it, for vectors ``(n, k)``.
+
+    Args:
+        in_features: ``k``, the length of one (flattened) observation.
+        hidden_features: width of the hidden layers.
+        out_features: learned features appended to the input.
+        num_layers: hidden layers (ReLU).
+        pass_input: keep ``x`` in the output (``[x, MLP(x)]``, ``k + out_features``
+            columns); ``False`` gives ``MLP(x)`` alone.
+
+    Attributes:
+        features: output width, ``k + out_features`` (or ``out_features``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int = 128,
+        out_features: int = MLP_EMBEDDING_FEATURES,
+        num_layers: int = 2,
+        pass_input: bool = True,
+    ) -> None:
+        super().__init__()
+        if min(in_features, hidden_features, out_features) < 1 or num_layers < 0:
+            raise ValueError(
+                "in_features, hidden_features and out_features must be >= 1 and num_layers >= 0, got "
+                f"{in_features}, {hidden_features}, {out_features}, {num_layers}"
+            )
+        self.in_features = int(in_features)
+        self.hidden_features = int(hidden_features)
+        self.out_features = int(out_features)
+        self.num_layers = int(num_layers)
+        self.pass_input = bool(pass_input)
+        layers: list[nn.Module] = []
+        width = self.in_features
+        for _ in range(self.num_layers):
+            layers += [nn.Linear(width, self.hidden_features), nn.ReLU()]
+            width = self.hidden_features
+        layers.append(nn.Linear(width, self.out_features))
+        self.net = nn.Sequential(*layers)
+        self.features = self.out_features + (self.in_features if self.pass_input else 0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(n, *x_shape)`` with ``prod(x_shape) = in_features`` -> ``(n, features)``."""
+        flat = x.reshape(x.shape[0], -1)
+        if flat.shape[1] != self.in_features:
+            raise ValueError(f"MLPEmbedding expects {self.in_features} input features, got {flat.shape[1]}")
+        learned = self.net(flat)
+        return torch.cat([flat, learned], dim=1) if self.pass_input else learned
+
+    def input_part(self, embedded: Tensor) -> Tensor:
+        """The columns of an output ``(n, features)`` that hold the input ``(n, in_features)``.
+
+        Raises:
+            ValueError: when the embedding does not pass its input through.
+        """
+        if not self.pass_input:
+            raise ValueError("this MLPEmbedding does not pass its input through (pass_input=False)")
+        return embedded[:, : self.in_features]
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor keyword arguments, so a saved posterior can rebuild this embedding."""
+        return {
+            "in_features": self.in_features,
+            "hidden_features": self.hidden_features,
+            "out_features": self.out_features,
+            "num_layers": self.num_layers,
+            "pass_input": self.pass_input,
+        }
 
 
 def _safe_std(t: Tensor, dim: int, min_scale: float) -> Tensor:

@@ -16,9 +16,11 @@ from torch.autograd.functional import jacobian
 
 from sbikit.flows import (
     FLOW_KINDS,
+    MLP_EMBEDDING_FEATURES,
     ConditionalAffine,
     ConditionalFlow,
     FlowConfig,
+    MLPEmbedding,
     SoftplusAffineCoupling,
     build_flow,
 )
@@ -569,3 +571,35 @@ def test_one_pass_inverse_on_cuda_equals_the_cpu(kind: str) -> None:
         y_gpu, logabsdet_gpu = flow.transform.inverse(z.cuda(), context=flow.embed(c.cuda()))
     torch.testing.assert_close(y_gpu.cpu(), y_cpu, atol=1e-9, rtol=1e-9)
     torch.testing.assert_close(logabsdet_gpu.cpu(), logabsdet_cpu, atol=1e-8, rtol=1e-9)
+
+
+# -- MLPEmbedding ------------------------------------------------------------------------
+def test_mlp_embedding_passes_its_input_through() -> None:
+    emb = MLPEmbedding(8, hidden_features=16)
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
+    out = emb(x)
+    assert out.shape == (5, 8 + MLP_EMBEDDING_FEATURES) == (5, emb.features)
+    assert torch.equal(emb.input_part(out), x)
+    # The learned part depends on x (it is not a constant).
+    assert not torch.allclose(out[0, 8:], out[1, 8:])
+    alone = MLPEmbedding(8, hidden_features=16, out_features=4, pass_input=False)
+    assert alone(x).shape == (5, 4) == (5, alone.features)
+    with pytest.raises(ValueError, match="does not pass its input through"):
+        alone.input_part(alone(x))
+
+
+def test_mlp_embedding_rejects_bad_shapes_and_settings() -> None:
+    with pytest.raises(ValueError, match="expects 8 input features, got 6"):
+        MLPEmbedding(8)(torch.zeros(3, 6))
+    with pytest.raises(ValueError, match="must be >= 1"):
+        MLPEmbedding(0)
+    with pytest.raises(ValueError, match="num_layers >= 0"):
+        MLPEmbedding(4, num_layers=-1)
+
+
+def test_mlp_embedding_config_rebuilds_it() -> None:
+    emb = MLPEmbedding(3, hidden_features=7, out_features=5, num_layers=1, pass_input=False)
+    again = MLPEmbedding(**emb.get_config())
+    again.load_state_dict(emb.state_dict())
+    x = torch.randn(4, 3)
+    assert torch.equal(emb(x), again(x))

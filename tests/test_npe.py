@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 import torch
 from sklearn.neural_network import MLPClassifier
+from torch import nn
 
 import sbikit
 import simulators
 from sbikit.diagnostics import c2st
+from sbikit.flows import MLP_EMBEDDING_FEATURES, MLPEmbedding
+from sbikit.inference.npe import resolve_embedding
 
 pytestmark = pytest.mark.slow
 
@@ -180,3 +183,62 @@ def test_default_nsf_starts_with_the_conditional_affine_layer(two_moons_run, gau
     assert has_affine(loaded)
     x_o = sim.simulate(sim.prior.sample(1, seed=5), seed=6)[0]
     torch.testing.assert_close(loaded.log_prob(theta[:50], x=x_o), nsf.log_prob(theta[:50], x=x_o))
+
+
+# -- embedding="auto": the MLP embedding for NSF on vectors --------------------------------
+def test_auto_embedding_is_the_mlp_for_nsf_on_vectors_only() -> None:
+    assert resolve_embedding("auto", "nsf", (8,)) == "mlp"
+    assert resolve_embedding("AUTO", "nsf", (2,)) == "mlp"
+    assert resolve_embedding("auto", "maf", (8,)) is None
+    assert resolve_embedding("auto", "realnvp", (8,)) is None
+    assert resolve_embedding("auto", "nsf", (16, 16)) is None  # images: flattened unless asked
+    assert resolve_embedding(None, "nsf", (8,)) is None
+    assert resolve_embedding("cnn", "nsf", (16, 16)) == "cnn"
+
+
+def _two_moons(n: int = 300) -> tuple[sbikit.priors.BoxUniform, torch.Tensor, torch.Tensor]:
+    sim = simulators.get("two_moons")
+    theta = sim.prior.sample(n, seed=0)
+    return sim.prior, torch.as_tensor(theta).float(), torch.as_tensor(sim.simulate(theta, seed=1)).float()
+
+
+def test_npe_default_nsf_reads_x_through_the_mlp_embedding(tmp_path) -> None:
+    prior, theta, x = _two_moons()
+    post = sbikit.NPE(prior, device="cpu").fit(theta, x, seed=0, max_epochs=2, progress=False)
+    assert isinstance(post.flow.embedding, MLPEmbedding)
+    assert post.flow.embedding.hidden_features == post.flow.config.hidden_features == 128
+    assert post.flow.config.context_features == 2 + MLP_EMBEDDING_FEATURES
+    # Controls: MAF and an explicit None flatten x; "mlp" asks for the embedding with MAF.
+    maf = sbikit.NPE(prior, flow="maf", device="cpu").fit(theta, x, seed=0, max_epochs=1, progress=False)
+    assert isinstance(maf.flow.embedding, nn.Flatten)
+    flat = sbikit.NPE(prior, embedding=None, device="cpu").fit(theta, x, seed=0, max_epochs=1, progress=False)
+    assert isinstance(flat.flow.embedding, nn.Flatten)
+    maf_mlp = sbikit.NPE(prior, flow="maf", embedding="mlp", device="cpu").fit(
+        theta, x, seed=0, max_epochs=1, progress=False
+    )
+    assert isinstance(maf_mlp.flow.embedding, MLPEmbedding) and maf_mlp.flow.embedding.hidden_features == 64
+    # Saved and loaded, the posterior gives the same draws and densities.
+    back = sbikit.load(post.save(tmp_path / "mlp.pt"))
+    assert isinstance(back.flow.embedding, MLPEmbedding)
+    x_o = x[0]
+    assert torch.equal(post.sample(50, x=x_o, seed=3), back.sample(50, x=x_o, seed=3))
+    th = post.sample(20, x=x_o, seed=4)
+    assert torch.allclose(post.log_prob(th, x=x_o), back.log_prob(th, x=x_o), atol=1e-5)
+
+
+def test_typicality_rates_the_z_scored_x_with_the_mlp_embedding() -> None:
+    """The check sees x itself (as without an embedding), not the 32 learned features, and
+    appends no residual statistic (nothing of x is dropped)."""
+    sim = simulators.get("two_moons")
+    theta = sim.prior.sample(2_000, seed=0)
+    x = torch.as_tensor(sim.simulate(theta, seed=1)).float()
+    post = sbikit.NPE(sim.prior, device="cpu").fit(theta, x, seed=0, max_epochs=1, progress=False)
+    flat = sbikit.NPE(sim.prior, embedding=None, device="cpu").fit(theta, x, seed=0, max_epochs=1, progress=False)
+    assert post.typicality is not None and flat.typicality is not None
+    assert post.typicality.residual is None
+    assert post.typicality.bank.shape[1] == flat.typicality.bank.shape[1] == 2
+    z = (x[:5] - post.flow.c_shift) / post.flow.c_scale
+    assert torch.allclose(post._summaries(x[:5]), z, atol=1e-6)
+    # Controls: a typical x passes, one far outside the training simulations does not.
+    assert post.check_observation(x[:100]).typical.float().mean() > 0.9  # ~0.99 expected at alpha 0.01
+    assert not bool(post.check_observation(torch.tensor([5.0, -5.0])).typical.any())

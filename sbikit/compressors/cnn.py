@@ -160,7 +160,7 @@ def make_embedding(
 
     Args:
         embedding: ``None``, ``"cnn"`` (a :class:`ConvEncoder` trained jointly with the flow),
-            ``"mlp"`` (a :class:`sbikit.embeddings.MLPEmbedding` of the flattened ``x``,
+            ``"mlp"`` (a :class:`sbikit.flows.MLPEmbedding` of the flattened ``x``,
             trained jointly), an ``nn.Module`` (trained jointly), or a fitted
             :class:`~sbikit.compressors.Compressor` (frozen). ``"auto"`` is resolved by
             :class:`sbikit.NPE` before this is called.
@@ -189,7 +189,7 @@ def make_embedding(
         if embedding.lower() == "cnn":
             return ConvEncoder(x_shape, max(8, 4 * int(num_parameters)))
         if embedding.lower() == "mlp":
-            from sbikit.embeddings import MLPEmbedding
+            from sbikit.flows import MLPEmbedding
 
             return MLPEmbedding(int(math.prod(x_shape)), hidden_features=hidden_features)
         raise ValueError(

@@ -77,7 +77,7 @@ DEFAULT_HIDDEN = {"nsf": 128, "maf": 64, "realnvp": 64}
 #: Flow kinds that start with a :class:`sbikit.flows.ConditionalAffine` layer when
 #: ``conditional_affine`` is not given (docs/defaults.md, fifth round).
 CONDITIONAL_AFFINE_KINDS = ("nsf",)
-#: Flow kinds whose ``embedding="auto"`` is a jointly trained :class:`sbikit.embeddings.MLPEmbedding`
+#: Flow kinds whose ``embedding="auto"`` is a jointly trained :class:`sbikit.flows.MLPEmbedding`
 #: for vector data (docs/defaults.md, sixth round); MAF and RealNVP read the flattened ``x``.
 MLP_EMBEDDING_KINDS = ("nsf",)
 
@@ -232,7 +232,7 @@ class NPE(FlowEstimator):
             visibly worse on such non-Gaussian problems) and MAF above (NSF overfitted
             10-parameter gaussian_linear); docs/defaults.md has the numbers.
         embedding: ``"auto"`` (default): for NSF on vector data a
-            :class:`sbikit.embeddings.MLPEmbedding` (``[x, MLP(x)]``, 32 learned features,
+            :class:`sbikit.flows.MLPEmbedding` (``[x, MLP(x)]``, 32 learned features,
             two hidden layers of ``hidden_features``) trained jointly with the flow, so that
             every layer reads the same learned features of ``x`` (slcp's held-out loss ~0.2
             nats lower; docs/defaults.md); otherwise the flattened ``x``. ``"mlp"`` asks

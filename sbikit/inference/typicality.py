@@ -3,7 +3,7 @@
 The check (:class:`sbikit.density.misspecification.TypicalityCheck`) rates observations by
 the density of a summary: for NPE the flow's embedded context, ``embed(x)`` (the z-scored
 ``x`` for vector data, also behind an embedding that passes ``x`` through such as
-:class:`sbikit.embeddings.MLPEmbedding`; the embedding network's summaries for images); for
+:class:`sbikit.flows.MLPEmbedding`; the embedding network's summaries for images); for
 NLE the z-scored ``x``. This module collects those summaries from the training data after training.
 """
 
