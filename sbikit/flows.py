@@ -498,20 +498,22 @@ class ConditionalFlow(nn.Module):
 
     @property
     def embedding_passes_x(self) -> bool:
-        """Whether the embedded context holds the whole z-scored context (no embedding, or one
-        that passes its input through, such as :class:`sbikit.flows.MLPEmbedding`)."""
-        return isinstance(self.embedding, nn.Flatten) or bool(getattr(self.embedding, "pass_input", False))
+        """Whether the embedded context holds the whole z-scored context: no embedding, or an
+        :class:`MLPEmbedding` that passes its input through."""
+        return isinstance(self.embedding, nn.Flatten) or (
+            isinstance(self.embedding, MLPEmbedding) and self.embedding.pass_input
+        )
 
     def typicality_summaries(self, embedded: Tensor) -> Tensor:
         """What a typicality check rates of an embedded context ``(n, context_features)``.
 
-        The embedding's output, except for an embedding that passes its input through: then
-        only that input, the z-scored ``x`` ``(n, prod(context_shape))``, as without one
-        (its learned features add nothing the check needs and dimensions it does not).
+        The embedding's output, except behind an :class:`MLPEmbedding` that passes its input
+        through: then only that input, the z-scored ``x`` ``(n, prod(context_shape))``, as
+        without an embedding (the learned features add dimensions, not information, to it).
         """
-        if isinstance(self.embedding, nn.Flatten) or not getattr(self.embedding, "pass_input", False):
-            return embedded
-        return self.embedding.input_part(embedded)
+        if isinstance(self.embedding, MLPEmbedding) and self.embedding.pass_input:
+            return self.embedding.input_part(embedded)
+        return embedded
 
     # -- density ---------------------------------------------------------------------
     def log_prob(self, y: Tensor, context: Tensor) -> Tensor:

@@ -239,6 +239,14 @@ def test_typicality_rates_the_z_scored_x_with_the_mlp_embedding() -> None:
     assert post.typicality.bank.shape[1] == flat.typicality.bank.shape[1] == 2
     z = (x[:5] - post.flow.c_shift) / post.flow.c_scale
     assert torch.allclose(post._summaries(x[:5]), z, atol=1e-6)
+    # An MLPEmbedding without the pass-through is a learned embedding like any other: the
+    # check rates its features plus the raw data's residual statistic.
+    learned = sbikit.NPE(
+        sim.prior, embedding=MLPEmbedding(2, hidden_features=16, out_features=4, pass_input=False), device="cpu"
+    ).fit(theta, x, seed=0, max_epochs=1, progress=False)
+    assert learned.typicality is not None and learned.typicality.residual is not None
+    extra = learned.typicality.residual(x[:3]).shape[1]
+    assert learned.typicality.bank.shape[1] == 4 + extra == learned._summaries(x[:3]).shape[1]
     # Controls: a typical x passes, one far outside the training simulations does not.
     assert post.check_observation(x[:100]).typical.float().mean() > 0.9  # ~0.99 expected at alpha 0.01
     assert not bool(post.check_observation(torch.tensor([5.0, -5.0])).typical.any())
