@@ -312,6 +312,17 @@ class SplineAutoregressive(_OnePassInverse, MaskedPiecewiseRationalQuadraticAuto
         return outputs, logabsdet.sum(-1)
 
 
+def _relu_mlp(in_features: int, hidden_features: int, out_features: int, *, num_hidden: int) -> nn.Sequential:
+    """``num_hidden`` ReLU layers of ``hidden_features`` units, then a linear output layer."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for _ in range(num_hidden):
+        layers += [nn.Linear(width, hidden_features), nn.ReLU()]
+        width = hidden_features
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
 class ConditionalAffine(Transform):
     """Elementwise affine layer whose shift and scale are functions of the context only.
 
@@ -336,13 +347,7 @@ class ConditionalAffine(Transform):
     def __init__(self, features: int, context_features: int, hidden_features: int) -> None:
         super().__init__()
         self.features = features
-        self.net = nn.Sequential(
-            nn.Linear(context_features, hidden_features),
-            nn.ReLU(),
-            nn.Linear(hidden_features, hidden_features),
-            nn.ReLU(),
-            nn.Linear(hidden_features, 2 * features),
-        )
+        self.net = _relu_mlp(context_features, hidden_features, 2 * features, num_hidden=2)
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
@@ -496,13 +501,16 @@ class ConditionalFlow(nn.Module):
         """Standardise and embed contexts ``(n, *context_shape)`` -> ``(n, context_features)``."""
         return self.embedding((context - self.c_shift) / self.c_scale)
 
+    def _pass_through_embedding(self) -> MLPEmbedding | None:
+        """The embedding when it is an :class:`MLPEmbedding` that passes its input through."""
+        emb = self.embedding
+        return emb if isinstance(emb, MLPEmbedding) and emb.pass_input else None
+
     @property
     def embedding_passes_x(self) -> bool:
         """Whether the embedded context holds the whole z-scored context: no embedding, or an
         :class:`MLPEmbedding` that passes its input through."""
-        return isinstance(self.embedding, nn.Flatten) or (
-            isinstance(self.embedding, MLPEmbedding) and self.embedding.pass_input
-        )
+        return isinstance(self.embedding, nn.Flatten) or self._pass_through_embedding() is not None
 
     def typicality_summaries(self, embedded: Tensor) -> Tensor:
         """What a typicality check rates of an embedded context ``(n, context_features)``.
@@ -511,9 +519,8 @@ class ConditionalFlow(nn.Module):
         through: then only that input, the z-scored ``x`` ``(n, prod(context_shape))``, as
         without an embedding (the learned features add dimensions, not information, to it).
         """
-        if isinstance(self.embedding, MLPEmbedding) and self.embedding.pass_input:
-            return self.embedding.input_part(embedded)
-        return embedded
+        emb = self._pass_through_embedding()
+        return embedded if emb is None else emb.input_part(embedded)
 
     # -- density ---------------------------------------------------------------------
     def log_prob(self, y: Tensor, context: Tensor) -> Tensor:
@@ -602,13 +609,7 @@ class MLPEmbedding(nn.Module):
         self.out_features = int(out_features)
         self.num_layers = int(num_layers)
         self.pass_input = bool(pass_input)
-        layers: list[nn.Module] = []
-        width = self.in_features
-        for _ in range(self.num_layers):
-            layers += [nn.Linear(width, self.hidden_features), nn.ReLU()]
-            width = self.hidden_features
-        layers.append(nn.Linear(width, self.out_features))
-        self.net = nn.Sequential(*layers)
+        self.net = _relu_mlp(self.in_features, self.hidden_features, self.out_features, num_hidden=self.num_layers)
         self.features = self.out_features + (self.in_features if self.pass_input else 0)
 
     def forward(self, x: Tensor) -> Tensor:
