@@ -10,7 +10,10 @@ weight decay, 0), ``ctx_wd`` (weight decay of the context-input weights only, 0;
 loop only), ``overfit`` (the fields of :class:`sbikit.train.OverfitRule` as a dict: weight
 decay switched on once the run overfits; "fit" loop), ``ema`` (decay per step of a moving
 average of the weights, validated every epoch; "fit" loop), ``affine`` (start the flow with
-:class:`sbikit.flows.ConditionalAffine`, false), ``seed`` (training seed, 0: seeds
+:class:`sbikit.flows.ConditionalAffine`, false), ``embed`` (a dict ``{"hidden": 128, "out":
+32}``: a jointly trained :class:`sbikit.flows.MLPEmbedding` of ``x``, built first, as ``NPE``
+builds it; sixth round), ``dropout`` (dropout after every hidden activation of the
+conditioners in training; screening only, sixth round), ``seed`` (training seed, 0: seeds
 the flow's initialisation, ``torch.manual_seed(seed)`` before :func:`sbikit.flows.build_flow`,
 and the validation split and batch order, ``fit``'s ``seed`` or the "cosine" loop's generator;
 the training set, the held-out pairs and the C2ST's samples and classifier stay fixed, so
@@ -56,7 +59,7 @@ from references import load_reference
 
 import simulators
 from sbikit.diagnostics.c2st import c2st
-from sbikit.flows import build_flow
+from sbikit.flows import MLPEmbedding, build_flow
 from sbikit.inference.posterior import FlowPosterior
 from sbikit.train import OverfitRule, cosine_learning_rate, fit
 
@@ -125,8 +128,26 @@ def main() -> None:
         flows_module.RandomPermutation = lambda features: CompositeTransform(
             [RandomPermutation(features), LULinear(features, identity_init=True)]
         )
+    if cfg.get("dropout"):  # screening only: dropout after every hidden activation of ConditionalMADE
+        import sbikit.flows as flows_module
+
+        rate = float(cfg["dropout"])
+
+        def dropout_forward(self, inputs, context=None):
+            h = self.activation(self.initial_layer(inputs) + self.context_layer(context))
+            h = torch.nn.functional.dropout(h, rate, self.training)
+            for block in self.blocks:
+                h = torch.nn.functional.dropout(self.activation(block(h)), rate, self.training)
+            return self.final_layer(h)
+
+        flows_module.ConditionalMADE.forward = dropout_forward
     seed = int(cfg.get("seed", 0))
     torch.manual_seed(seed)
+    embed = cfg.get("embed")
+    embedding = None
+    if embed:
+        width = int(np.prod(x.shape[1:]))
+        embedding = MLPEmbedding(width, hidden_features=embed.get("hidden", 128), out_features=embed.get("out", 32))
     flow = build_flow(
         cfg.get("kind", "nsf"),
         u.shape[1],
@@ -136,6 +157,7 @@ def main() -> None:
         num_bins=cfg.get("bins", 8),
         num_blocks=cfg.get("blocks", 2),
         conditional_affine=cfg.get("affine", False),
+        embedding=embedding,
     )
     flow.set_standardization(u, x)
     t0, c0 = time.perf_counter(), time.process_time()
