@@ -96,7 +96,14 @@ def build_emulator(name: str, prior: Any, args: argparse.Namespace) -> Any:
             channels=channels,
             prior=prior,
         )
-    return ConditionalWGAN(args.latent_dim, generator="mlp", hidden_features=256, channels=channels, prior=prior)
+    return ConditionalWGAN(
+        args.latent_dim,
+        generator=args.wgan_generator,
+        num_components=args.num_components,
+        hidden_features=256,
+        channels=channels,
+        prior=prior,
+    )
 
 
 def fit_emulator(emu: Any, name: str, theta: torch.Tensor, x: np.ndarray, args: argparse.Namespace) -> float:
@@ -255,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-epochs", type=int, default=200, help="emulators and compressor")
     parser.add_argument("--patience", type=int, default=20, help="CVAE early stopping")
     parser.add_argument("--cvae-decoder", choices=("mlp", "pca", "conv"), default="pca")
-    parser.add_argument("--num-components", type=int, default=64, help="CVAE basis size (decoder pca)")
+    parser.add_argument("--num-components", type=int, default=64, help="basis size (CVAE decoder / WGAN generator pca)")
+    parser.add_argument("--wgan-generator", choices=("mlp", "pca", "conv"), default="mlp")
     parser.add_argument("--cvae-schedule", choices=("plateau", "cosine"), default="plateau")
     parser.add_argument("--wgan-learning-rate", type=float, default=1e-3)
     parser.add_argument("--npe-max-epochs", type=int, default=None)

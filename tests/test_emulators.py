@@ -510,28 +510,26 @@ def test_cvae_resume_matches_uninterrupted(tmp_path) -> None:
     assert resumed.history.train_loss == full.history.train_loss
 
 
-def test_cvae_pca_decoder_basis_and_span(tmp_path) -> None:
-    """decoder="pca": an orthonormal basis from the training images, means in its span, saved with the model."""
-    gen = torch.Generator().manual_seed(1)
+def _two_pattern_images(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """400 images ``(8, 8)`` = theta_1 * blob + theta_2 * (x * blob) + N(0, 0.1^2): ``(theta, x, patterns)``."""
     grid = torch.linspace(-1.0, 1.0, 8)
     yy, xx = torch.meshgrid(grid, grid, indexing="ij")
     blob = torch.exp(-(xx**2 + yy**2) / 0.3)
     patterns = torch.stack([blob, xx * blob])  # two directions the images vary along
     patterns = 4.0 * patterns / patterns.flatten(1).norm(dim=1)[:, None, None]
     theta = torch.rand(400, 2, generator=gen)
-    noise = 0.1
-    x = torch.einsum("nk,khw->nhw", theta, patterns) + noise * torch.randn(400, 8, 8, generator=gen)
-    emu = ConditionalVAE(2, hidden_features=16, channels=(4,), decoder="pca", num_components=5)
-    emu.fit(theta, x, seed=0, max_epochs=3, device="cpu", progress=False)
+    x = torch.einsum("nk,khw->nhw", theta, patterns) + 0.1 * torch.randn(400, 8, 8, generator=gen)
+    return theta, x, patterns
+
+
+def _check_pca_basis(emu, patterns: torch.Tensor, means: torch.Tensor, tmp_path) -> None:
+    """Orthonormal basis of 5 rows spanning the two patterns, ``means`` in its span, saved and loaded."""
     basis = emu.pca_basis
     assert basis.shape == (5, 64)
     torch.testing.assert_close(basis @ basis.T, torch.eye(5), atol=1e-5, rtol=0)
-    # every decoded mean lies in mean + span(basis), whatever z and theta
-    z = torch.randn(20, 2, generator=gen)
-    ts = emu.standardize_theta(torch.rand(20, 2, generator=gen))
-    with torch.no_grad():
-        means = emu._decode(z, ts).flatten(1) - emu.pca_mean
-    torch.testing.assert_close(means @ basis.T @ basis, means, atol=1e-4, rtol=0)
+    # every noise-free output lies in mean + span(basis), whatever z and theta
+    centred = means.flatten(1) - emu.pca_mean
+    torch.testing.assert_close(centred @ basis.T @ basis, centred, atol=1e-4, rtol=0)
     # the two leading components span the patterns: per pattern the squared fraction outside
     # is ~ (64 - 2) noise^2 / (n var(theta) |pattern|^2) ~ 1e-4 (eigenvector perturbation);
     # 0.01 allows 100x that, while a pattern orthogonal to the span would give 1
@@ -541,9 +539,41 @@ def test_cvae_pca_decoder_basis_and_span(tmp_path) -> None:
         assert float(outside.norm() ** 2 / p.norm() ** 2) < 0.01
     path = emu.save(tmp_path / "pca.pt")
     loaded = load_emulator(path)
-    assert loaded.decoder_kind == "pca" and loaded.num_components == 5
+    assert loaded.num_components == 5
     torch.testing.assert_close(loaded.pca_basis, basis)
     theta_new = np.array([[0.2, 0.7]])
     np.testing.assert_array_equal(loaded.simulate(theta_new, seed=3), emu.simulate(theta_new, seed=3))
+
+
+def test_cvae_pca_decoder_basis_and_span(tmp_path) -> None:
+    """decoder="pca": an orthonormal basis from the training images, means in its span, saved with the model."""
+    gen = torch.Generator().manual_seed(1)
+    theta, x, patterns = _two_pattern_images(gen)
+    emu = ConditionalVAE(2, hidden_features=16, channels=(4,), decoder="pca", num_components=5)
+    emu.fit(theta, x, seed=0, max_epochs=3, device="cpu", progress=False)
+    z = torch.randn(20, 2, generator=gen)
+    ts = emu.standardize_theta(torch.rand(20, 2, generator=gen))
+    with torch.no_grad():
+        means = emu._decode(z, ts)
+    _check_pca_basis(emu, patterns, means, tmp_path)
+    assert load_emulator(tmp_path / "pca.pt").decoder_kind == "pca"
     with pytest.raises(ValueError, match="num_components must be"):
         ConditionalVAE(2, decoder="pca", num_components=0)
+
+
+def test_wgan_pca_generator_basis_and_span(tmp_path) -> None:
+    """generator="pca": the WGAN's noise-free outputs lie in the span of the training images' components."""
+    gen = torch.Generator().manual_seed(2)
+    theta, x, patterns = _two_pattern_images(gen)
+    emu = ConditionalWGAN(2, hidden_features=16, channels=(4,), generator="pca", num_components=5)
+    emu.fit(theta, x, seed=0, max_epochs=2, device="cpu", progress=False)
+    z = torch.randn(20, 2, generator=gen)
+    theta_new = torch.rand(20, 2, generator=gen)
+    with torch.no_grad():
+        means = emu._generate_s(z, emu.standardize_theta(theta_new))  # standardised units, as the basis
+        # the public generate (data units, no noise) is the same map, unstandardised
+        torch.testing.assert_close(emu.generate(z, theta_new), emu.unstandardize_x(means))
+    _check_pca_basis(emu, patterns, means, tmp_path)
+    assert load_emulator(tmp_path / "pca.pt").generator_kind == "pca"
+    with pytest.raises(ValueError, match="num_components must be"):
+        ConditionalWGAN(2, generator="pca", num_components=0)

@@ -24,7 +24,7 @@ import importlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,10 @@ from torch import Tensor, nn
 
 from sbikit.disk_inputs import finite_row_stream, read_or_stream, stream_moments
 from sbikit.priors import make_generator, prior_from_config
-from sbikit.train import StreamingData
+from sbikit.train import StreamingData, mean_and_scatter
 from sbikit.utils import as_float_tensor, load_payload, resolve_device, save_payload
 
-__all__ = ["Emulator", "load_emulator", "FORMAT", "mlp"]
+__all__ = ["Emulator", "load_emulator", "FORMAT", "mlp", "fill_pca_basis"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,42 @@ def mlp(in_features: int, out_features: int, hidden_features: int, num_layers: i
         width = int(hidden_features)
     layers.append(nn.Linear(width, int(out_features)))
     return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def fill_pca_basis(basis: Tensor, mean: Tensor, blocks: Iterable[Tensor], *, owner: str) -> None:
+    """Fill a principal-component basis ``(m, D)`` and a mean ``(D,)`` in place from data blocks.
+
+    The basis rows are the ``m`` leading eigenvectors of the float64 scatter matrix of the
+    rows (:func:`sbikit.train.mean_and_scatter`, ``D x D``), i.e. the right singular vectors of
+    the centred data, in decreasing order of variance; with ``n <= m`` rows only ``n - 1`` rows
+    are filled and the rest stay zero (unused coefficients).
+
+    Args:
+        basis: buffer ``(m, D)``, overwritten.
+        mean: buffer ``(D,)``, overwritten with the rows' mean.
+        blocks: tensors ``(b, *x_shape)`` with ``prod(x_shape) == D`` (rows in memory cut into
+            blocks, or the blocks of a stream), in the units the basis will be used in.
+        owner: names the model in the log line (how much variance the basis keeps).
+    """
+    size = len(mean)
+    mu, scatter, n = mean_and_scatter(blocks, size)
+    vals, vecs = torch.linalg.eigh(scatter)  # ascending
+    m = min(len(basis), n - 1) if n > 1 else 0
+    rows = torch.zeros_like(basis)
+    if m > 0:
+        rows[:m] = vecs[:, -m:].flip(1).T.to(rows)
+    basis.copy_(rows)
+    mean.copy_(mu.to(mean))
+    total = float(vals.clamp(min=0).sum())
+    kept = float(vals[len(vals) - m :].clamp(min=0).sum()) if m > 0 else 0.0
+    logger.info(
+        "%s's %d principal components hold %.1f%% of the training images' variance "
+        "(the rest is left to the per-pixel noise)",
+        owner,
+        m,
+        100.0 * kept / total if total > 0 else 100.0,
+    )
 
 
 class Emulator(nn.Module):

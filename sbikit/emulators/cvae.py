@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from sbikit.compressors.cnn import DEFAULT_CHANNELS, ConvDecoder, ConvEncoder
-from sbikit.emulators.base import Emulator, mlp
+from sbikit.emulators.base import Emulator, fill_pca_basis, mlp
 from sbikit.priors import make_generator
-from sbikit.train import FitResult, StreamingData, fit, mean_and_scatter
+from sbikit.train import FitResult, StreamingData, fit
 from sbikit.utils import resolve_device
 
 __all__ = ["ConditionalVAE", "cvae_loss", "cvae_terms", "DECODERS"]
@@ -219,33 +219,9 @@ class ConditionalVAE(Emulator):
             out = out @ self.pca_basis + self.pca_mean
         return out.reshape(z.shape[0], *self.x_shape)
 
-    @torch.no_grad()
     def _set_pca_basis(self, blocks: Iterable[Tensor]) -> None:
-        """Fill ``pca_basis`` ``(m, D)`` and ``pca_mean`` ``(D,)`` from standardised training data.
-
-        ``blocks`` are tensors ``(b, *x_shape)`` (the rows in memory cut into blocks, or the
-        blocks of a stream). The basis is the ``m`` leading eigenvectors of the float64
-        scatter matrix (:func:`sbikit.train.mean_and_scatter`, ``D x D``), i.e. the right
-        singular vectors of the centred data; with fewer than ``m`` rows the surplus rows stay
-        zero (unused coefficients).
-        """
-        size = len(self.pca_mean)
-        mean, cov, n = mean_and_scatter(blocks, size)
-        vals, vecs = torch.linalg.eigh(cov)  # ascending
-        m = min(len(self.pca_basis), n - 1) if n > 1 else 0
-        basis = torch.zeros_like(self.pca_basis)
-        if m > 0:
-            basis[:m] = vecs[:, -m:].flip(1).T.to(basis)
-        self.pca_basis.copy_(basis)
-        self.pca_mean.copy_(mean.to(self.pca_mean))
-        total = float(vals.clamp(min=0).sum())
-        kept = float(vals[len(vals) - m :].clamp(min=0).sum()) if m > 0 else 0.0
-        logger.info(
-            "ConditionalVAE: the decoder's %d principal components hold %.1f%% of the training images' variance "
-            "(the rest is left to the per-pixel noise)",
-            m,
-            100.0 * kept / total if total > 0 else 100.0,
-        )
+        """Fill ``pca_basis`` and ``pca_mean`` from standardised training images (:func:`fill_pca_basis`)."""
+        fill_pca_basis(self.pca_basis, self.pca_mean, blocks, owner="ConditionalVAE: the decoder")
 
     def _draw(self, theta_s: Tensor, gen: torch.Generator) -> Tensor:
         assert self.x_shape is not None

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sbikit.compressors.cnn import DEFAULT_CHANNELS, POOLINGS, ConvDecoder, ConvEncoder
-from sbikit.emulators.base import Emulator, mlp
+from sbikit.emulators.base import Emulator, fill_pca_basis, mlp
 from sbikit.priors import make_generator
 from sbikit.train import (
     StreamingData,
@@ -62,8 +62,9 @@ logger = logging.getLogger(__name__)
 
 #: Output noise models of :class:`ConditionalWGAN`.
 NOISE_MODELS: tuple[str | None, ...] = ("diagonal", None)
-#: Generators for images: convolutional (``ConvDecoder``) or an MLP to all pixels.
-GENERATORS: tuple[str, ...] = ("conv", "mlp")
+#: Generators for images: convolutional (``ConvDecoder``), an MLP to all pixels, or an MLP to
+#: the coefficients of the training images' leading principal components.
+GENERATORS: tuple[str, ...] = ("conv", "mlp", "pca")
 _CHECKPOINT_KIND = "sbikit-wgan"
 _CHECKPOINT_FORMAT = 1  # the format number sbikit.train's checkpoint reader accepts
 # Rows per forward pass when the validation Wasserstein estimate is computed: at most 2048,
@@ -169,7 +170,10 @@ class ConditionalWGAN(Emulator):
 
     Networks: for vectors ``(D,)`` MLPs (generator on ``[z, theta]``; critic on ``[x, theta]``
     with LeakyReLU); for images ``(H, W)`` / ``(C, H, W)`` a generator fed ``[z, theta]`` (an
-    MLP to all pixels, ``generator="mlp"``, default as for the CVAE's decoder, or a
+    MLP to all pixels, ``generator="mlp"``, default as for the CVAE's decoder; an MLP to the
+    coefficients of the ``num_components`` leading principal components of the training
+    images, ``generator="pca"``: mean image plus coefficients times a fixed orthonormal basis
+    computed by :meth:`fit`, as the CVAE's ``decoder="pca"``; or a
     :class:`~sbikit.compressors.ConvDecoder`, ``generator="conv"``) and a critic made of a
     :class:`~sbikit.compressors.ConvEncoder` whose features are joined with ``theta`` in a
     LeakyReLU layer (the critic features) and a linear score. No batch normalisation (it
@@ -183,7 +187,8 @@ class ConditionalWGAN(Emulator):
         channels: channels per convolutional stage (images).
         critic_pooling: pooling of the image critic's encoder (``"flatten"`` keeps positions,
             right for centred objects; ``"power"`` or ``"mean"`` for stationary fields).
-        generator: ``"mlp"`` or ``"conv"`` for images (vectors always use an MLP).
+        generator: ``"mlp"``, ``"pca"`` or ``"conv"`` for images (vectors always use an MLP).
+        num_components: size of the basis of ``generator="pca"`` (at most ``H W``).
         noise: ``"diagonal"`` adds learned independent Gaussian noise per output element to
             the generator's output; ``None`` makes the generator a plain network of ``z``.
         x_shape, theta_dim, prior, theta_names: see :class:`~sbikit.emulators.Emulator`.
@@ -199,6 +204,7 @@ class ConditionalWGAN(Emulator):
         critic_pooling: str = "flatten",
         noise: str | None = "diagonal",
         generator: str = "mlp",
+        num_components: int = 64,
         x_shape: Sequence[int] | None = None,
         theta_dim: int | None = None,
         prior: Any = None,
@@ -220,7 +226,10 @@ class ConditionalWGAN(Emulator):
         self.noise = noise
         if generator not in GENERATORS:
             raise ValueError(f"generator must be one of {GENERATORS}, got {generator!r}")
+        if int(num_components) < 1:
+            raise ValueError(f"num_components must be a positive integer, got {num_components}")
         self.generator_kind = generator
+        self.num_components = int(num_components)
         self._maybe_build()
 
     def _config(self) -> dict[str, Any]:
@@ -231,6 +240,7 @@ class ConditionalWGAN(Emulator):
             "critic_pooling": self.critic_pooling,
             "noise": self.noise,
             "generator": self.generator_kind,
+            "num_components": self.num_components,
         }
 
     def _build(self) -> None:
@@ -239,6 +249,13 @@ class ConditionalWGAN(Emulator):
         if self.is_image:
             if self.generator_kind == "conv":
                 self.generator_net: nn.Module = ConvDecoder(k + d, self.x_shape, channels=self.channels)
+            elif self.generator_kind == "pca":
+                size = math.prod(self.x_shape)
+                m = min(self.num_components, size)
+                self.generator_net = mlp(k + d, m, h, self.num_layers)
+                # filled by fit (fill_pca_basis): orthonormal rows and the mean image, standardised units
+                self.register_buffer("pca_basis", torch.zeros(m, size))
+                self.register_buffer("pca_mean", torch.zeros(size))
             else:
                 self.generator_net = mlp(k + d, math.prod(self.x_shape), h, self.num_layers)
             self.critic_encoder: nn.Module = ConvEncoder(
@@ -258,6 +275,11 @@ class ConditionalWGAN(Emulator):
         self.critic_out = nn.Linear(h, 1)
         if self.noise == "diagonal":
             self.noise_scale_raw = nn.Parameter(torch.full(self.x_shape, _NOISE_INIT / _NOISE_GAIN))
+
+    @property
+    def uses_pca(self) -> bool:
+        """Whether the generator's output is built from a principal-component basis (images, ``generator="pca"``)."""
+        return self.is_image and self.generator_kind == "pca"
 
     @property
     def log_noise_scale(self) -> Tensor:
@@ -281,7 +303,10 @@ class ConditionalWGAN(Emulator):
     def _generate_s(self, z: Tensor, theta_s: Tensor, noise: Tensor | None = None) -> Tensor:
         """``z`` ``(b, k)``, ``theta_s`` ``(b, d)`` and optional unit noise ``(b, *x_shape)`` -> ``(b, *x_shape)``."""
         assert self.x_shape is not None
-        out = self.generator_net(torch.cat([z, theta_s], dim=1)).reshape(z.shape[0], *self.x_shape)
+        out = self.generator_net(torch.cat([z, theta_s], dim=1))
+        if self.uses_pca:
+            out = out @ self.pca_basis + self.pca_mean
+        out = out.reshape(z.shape[0], *self.x_shape)
         if noise is not None and self.noise == "diagonal":
             out = out + torch.exp(self.log_noise_scale) * noise
         return out
@@ -465,6 +490,8 @@ class ConditionalWGAN(Emulator):
         if not (learning_rate > 0 and gp_weight >= 0):
             raise ValueError(f"learning_rate must be > 0 and gp_weight >= 0, got {learning_rate} and {gp_weight}")
         data = self._fit_data(theta, x, seed=seed, memory_limit_gb=memory_limit_gb)
+        if self.uses_pca:
+            self._set_pca_basis(data)
         n = data.num_rows if isinstance(data, StreamingData) else len(data[1])
         n_val = max(1, int(round(n * validation_fraction)))
         n_train = n - n_val
@@ -500,6 +527,18 @@ class ConditionalWGAN(Emulator):
                 progress=progress,
             )
         return self
+
+    def _set_pca_basis(self, data: tuple[Tensor, Tensor] | StreamingData) -> None:
+        """Fill ``pca_basis`` and ``pca_mean`` from the standardised training images (:func:`fill_pca_basis`).
+
+        Args:
+            data: ``(theta, x)`` in data units, or a stream of standardised ``[theta_s, x_s]`` blocks.
+        """
+        if isinstance(data, StreamingData):
+            blocks: Iterator[Tensor] = (block[1] for block in data.iter_blocks())
+        else:
+            blocks = (self.standardize_x(b.to(self.device)) for b in data[1].split(4096))
+        fill_pca_basis(self.pca_basis, self.pca_mean, blocks, owner="ConditionalWGAN: the generator")
 
     def _train_loop(
         self,
