@@ -169,6 +169,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         emu = build_emulator(name, prior, args)
         fit_seconds = fit_emulator(emu, name, theta, x, args)
         epochs = emu.history.epochs
+        # records name the WGAN's generator when it is not the first runs' MLP (the report keys on it)
+        label = f"wgan-{args.wgan_generator}" if name == "wgan" and args.wgan_generator != "mlp" else name
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rep = fidelity(
@@ -178,7 +180,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         emit(
             {
                 "stage": "fidelity",
-                "emulator": name,
+                "emulator": label,
+                "config": emu.get_config(),
                 "epochs": epochs,
                 "fit_seconds": fit_seconds,
                 "theta_test": rep.theta.tolist(),
@@ -204,7 +207,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         emit(
             {
                 "stage": "npe",
-                "emulator": name,
+                "emulator": label,
                 "num_npe": args.num_npe,
                 "c2st": c,
                 "emulator_seconds": emu_seconds,

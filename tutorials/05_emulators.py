@@ -171,14 +171,18 @@ fig.savefig(OUT / "npe_emulated_vs_real.png", dpi=80, bbox_inches="tight")
 # `ConditionalWGAN` is trained adversarially: a critic scores images, the generator learns
 # to raise the critic's score on its outputs, with a gradient penalty keeping the critic
 # 1-Lipschitz. It needs far more optimiser steps than the CVAE (its losses say little about
-# sample quality; see docs/emulators.md). The same class fitted with `theta=None` is an
-# unconditional model of the images, used by the anomaly scores.
+# sample quality; see docs/emulators.md). On galaxy images its generator should produce the
+# coefficients of the training images' principal components (`generator="pca"`, as the
+# CVAE's `decoder="pca"`): with an MLP to all 1,024 pixels, 200 epochs left the galaxies'
+# power off by up to 2x; with the basis, 127 of 128 power-spectrum bins were within 5%
+# (benchmarks/RESULTS.md). The same class fitted with `theta=None` is an unconditional model
+# of the images, used by the anomaly scores.
 #
 # Any emulator can be saved, loaded (weights only, never code) and handed to
 # `sbikit.simulate` as the simulator of a resumable store (zarr needed for the store).
 
 # %%
-wgan = ConditionalWGAN(8, generator="mlp", hidden_features=64 if FAST else 256, channels=CHANNELS, prior=sim.prior)
+wgan = ConditionalWGAN(8, generator="pca", hidden_features=64 if FAST else 256, channels=CHANNELS, prior=sim.prior)
 wgan.fit(theta, x, seed=0, max_epochs=2 if FAST else 100, learning_rate=1e-3, progress=False)
 print(f"WGAN: {wgan.history.generator_steps} generator steps, validation W {wgan.history.val_wasserstein[-1]:.2f}")
 
