@@ -209,21 +209,22 @@ def test_streamed_fit_on_cuda(kind, grf_store) -> None:
     assert out.device.type == "cuda" and out.shape == (4, 16, 16) and torch.isfinite(out).all()
 
 
-def test_streamed_pca_decoder_basis_equals_in_memory(grf_store) -> None:
-    # decoder="pca" builds its basis from the training images: streamed, from one pass over
-    # the store's blocks (float64 scatter matrix), it equals the in-memory basis up to sign.
-    kw = {**_fit_kw("cvae"), "max_epochs": 1}
-    streamed = ConditionalVAE(2, hidden_features=16, decoder="pca", num_components=6).fit(
-        grf_store.theta, grf_store.x, **STREAM, **kw
-    )
-    mem = ConditionalVAE(2, hidden_features=16, decoder="pca", num_components=6).fit(
-        np.asarray(grf_store.theta[:]), np.asarray(grf_store.x[:]), **kw
-    )
+@pytest.mark.parametrize("kind", ["cvae", "wgan"])
+def test_streamed_pca_basis_equals_in_memory(kind, grf_store) -> None:
+    # The CVAE's decoder="pca" and the WGAN's generator="pca" build their basis from the
+    # training images: streamed, from one pass over the store's blocks (float64 scatter
+    # matrix), it equals the in-memory basis up to sign.
+    kw = {**_fit_kw(kind), "max_epochs": 1}
+    option = {"decoder": "pca"} if kind == "cvae" else {"generator": "pca"}
+
+    def make():
+        return _make(kind, num_components=6, **option)
+
+    streamed = make().fit(grf_store.theta, grf_store.x, **STREAM, **kw)
+    mem = make().fit(np.asarray(grf_store.theta[:]), np.asarray(grf_store.x[:]), **kw)
     torch.testing.assert_close(streamed.pca_mean, mem.pca_mean, atol=1e-5, rtol=0)
     overlap = (streamed.pca_basis @ mem.pca_basis.T).abs()
     torch.testing.assert_close(overlap.diagonal(), torch.ones(6), atol=1e-3, rtol=0)
     # Control: a basis from half the images differs by far more than that.
-    half = ConditionalVAE(2, hidden_features=16, decoder="pca", num_components=6).fit(
-        np.asarray(grf_store.theta[:160]), np.asarray(grf_store.x[:160]), **kw
-    )
+    half = make().fit(np.asarray(grf_store.theta[:160]), np.asarray(grf_store.x[:160]), **kw)
     assert float((half.pca_basis @ mem.pca_basis.T).abs().diagonal().min()) < 0.99
