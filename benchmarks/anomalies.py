@@ -143,7 +143,9 @@ def fit_score(name: str, data: dict[str, Any], args: argparse.Namespace) -> tupl
         from sbikit.emulators import ConditionalWGAN
 
         generator = "pca" if name == "wgan_pca" else "mlp"
-        wgan = ConditionalWGAN(args.wgan_latent, hidden_features=args.wgan_hidden, channels=channels, generator=generator)
+        wgan = ConditionalWGAN(
+            args.wgan_latent, hidden_features=args.wgan_hidden, channels=channels, generator=generator
+        )
         wgan.fit(None, x, max_epochs=args.wgan_epochs, **train)
         score = WGANAnomalyScore(
             wgan, lam=args.lam, num_steps=args.wgan_steps, channels=channels, hidden_features=args.wgan_hidden
