@@ -1,4 +1,4 @@
-"""Fast screen of ConditionalVAE settings on ``sersic`` against the exact noiseless image.
+"""Fast screen of ConditionalVAE (and ConditionalWGAN) settings on ``sersic`` against the exact noiseless image.
 
 ``sersic`` is a deterministic image ``m(theta)`` plus white Gaussian noise of known
 ``sigma``, so an ideal emulator has decoder mean ``m(theta)`` for every ``z`` and noise scale
@@ -242,7 +242,9 @@ def screen(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "num_train": args.num_train,
         "epochs": emu.history.epochs,
         # the WGAN has no likelihood: its last held-out Wasserstein estimate instead
-        "best_val_loss": getattr(emu.history, "best_val_loss", None) or emu.history.val_wasserstein[-1],
+        "best_val_loss": (
+            emu.history.val_wasserstein[-1] if isinstance(emu, ConditionalWGAN) else emu.history.best_val_loss
+        ),
         "fit_cpu_s": fit_cpu,
         "fit_wall_s": fit_wall,
         **mean_image_errors(emu, sim, hold),
