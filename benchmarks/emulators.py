@@ -86,24 +86,15 @@ def machine() -> dict[str, Any]:
 
 
 def build_emulator(name: str, prior: Any, args: argparse.Namespace) -> Any:
-    channels = tuple(args.channels)
+    common = {
+        "num_components": args.num_components,
+        "hidden_features": 256,
+        "channels": tuple(args.channels),
+        "prior": prior,
+    }
     if name == "cvae":
-        return ConditionalVAE(
-            args.latent_dim,
-            decoder=args.cvae_decoder,
-            num_components=args.num_components,
-            hidden_features=256,
-            channels=channels,
-            prior=prior,
-        )
-    return ConditionalWGAN(
-        args.latent_dim,
-        generator=args.wgan_generator,
-        num_components=args.num_components,
-        hidden_features=256,
-        channels=channels,
-        prior=prior,
-    )
+        return ConditionalVAE(args.latent_dim, decoder=args.cvae_decoder, **common)
+    return ConditionalWGAN(args.latent_dim, generator=args.wgan_generator, **common)
 
 
 def fit_emulator(emu: Any, name: str, theta: torch.Tensor, x: np.ndarray, args: argparse.Namespace) -> float:

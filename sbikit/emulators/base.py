@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -453,6 +454,42 @@ class Emulator(nn.Module):
     def unstandardize_x(self, xs: Tensor) -> Tensor:
         """Standardised units -> data units; ``(b, *x_shape)`` -> ``(b, *x_shape)``."""
         return xs * self.x_scale + self.x_shift
+
+    # -- a principal-component output basis (the CVAE's decoder="pca", the WGAN's generator="pca") --
+    def _register_pca_buffers(self, num_components: int) -> int:
+        """Zero buffers ``pca_basis`` ``(m, D)`` and ``pca_mean`` ``(D,)``, filled by fit; returns ``m``.
+
+        ``D`` is the number of output elements and ``m = min(num_components, D)``; both are in
+        standardised units.
+        """
+        assert self.x_shape is not None
+        size = math.prod(self.x_shape)
+        m = min(int(num_components), size)
+        self.register_buffer("pca_basis", torch.zeros(m, size))
+        self.register_buffer("pca_mean", torch.zeros(size))
+        return m
+
+    def _from_pca(self, coefficients: Tensor) -> Tensor:
+        """Coefficients ``(b, m)`` -> standardised outputs ``(b, *x_shape)``: mean plus coefficients times the basis."""
+        assert self.x_shape is not None
+        return (coefficients @ self.pca_basis + self.pca_mean).reshape(coefficients.shape[0], *self.x_shape)
+
+    def _fit_pca_basis(self, data: tuple[Tensor, Tensor] | StreamingData, *, x_standardized: bool, owner: str) -> None:
+        """Fill ``pca_basis`` and ``pca_mean`` from the training images (:func:`fill_pca_basis`).
+
+        Args:
+            data: ``(theta, x)`` in memory (``x`` standardised when ``x_standardized``, else in
+                data units), or a stream of standardised ``[theta_s, x_s]`` blocks.
+            x_standardized: whether the in-memory ``x`` is standardised already.
+            owner: names the model and its network in the log line.
+        """
+        if isinstance(data, StreamingData):
+            blocks: Iterable[Tensor] = (block[1] for block in data.iter_blocks())
+        elif x_standardized:
+            blocks = data[1].split(4096)
+        else:
+            blocks = (self.standardize_x(b.to(self.device)) for b in data[1].split(4096))
+        fill_pca_basis(self.pca_basis, self.pca_mean, blocks, owner=owner)
 
     def _theta_for_network(self, theta: Any, n: int, name: str = "theta") -> Tensor:
         """``theta`` ``(n, d)`` (tensor, any device) or ``None`` (unconditional) -> standardised, on the device."""

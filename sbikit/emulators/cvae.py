@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from sbikit.compressors.cnn import DEFAULT_CHANNELS, ConvDecoder, ConvEncoder
-from sbikit.emulators.base import Emulator, fill_pca_basis, mlp
+from sbikit.emulators.base import Emulator, mlp
 from sbikit.priors import make_generator
 from sbikit.train import FitResult, StreamingData, fit
 from sbikit.utils import resolve_device
@@ -168,12 +168,7 @@ class ConditionalVAE(Emulator):
             if self.decoder_kind == "conv":
                 self.decoder = ConvDecoder(k + d, self.x_shape, channels=self.channels)
             elif self.decoder_kind == "pca":
-                size = math.prod(self.x_shape)
-                m = min(self.num_components, size)
-                self.decoder = mlp(k + d, m, h, self.num_layers)
-                # filled by fit (set_pca_basis): orthonormal rows, and the mean image, standardised units
-                self.register_buffer("pca_basis", torch.zeros(m, size))
-                self.register_buffer("pca_mean", torch.zeros(size))
+                self.decoder = mlp(k + d, self._register_pca_buffers(self.num_components), h, self.num_layers)
             else:
                 self.decoder = mlp(k + d, math.prod(self.x_shape), h, self.num_layers)
         else:
@@ -216,12 +211,8 @@ class ConditionalVAE(Emulator):
         assert self.x_shape is not None
         out = self.decoder(torch.cat([z, theta_s], dim=1))
         if self.uses_pca:
-            out = out @ self.pca_basis + self.pca_mean
+            return self._from_pca(out)
         return out.reshape(z.shape[0], *self.x_shape)
-
-    def _set_pca_basis(self, blocks: Iterable[Tensor]) -> None:
-        """Fill ``pca_basis`` and ``pca_mean`` from standardised training images (:func:`fill_pca_basis`)."""
-        fill_pca_basis(self.pca_basis, self.pca_mean, blocks, owner="ConditionalVAE: the decoder")
 
     def _draw(self, theta_s: Tensor, gen: torch.Generator) -> Tensor:
         assert self.x_shape is not None
@@ -294,10 +285,7 @@ class ConditionalVAE(Emulator):
             with torch.no_grad():
                 data = (self.standardize_theta(th.to(self.device)).cpu(), self.standardize_x(xt.to(self.device)).cpu())
         if self.uses_pca:
-            if isinstance(data, StreamingData):
-                self._set_pca_basis(block[1] for block in data.iter_blocks())
-            else:
-                self._set_pca_basis(data[1].split(4096))
+            self._fit_pca_basis(data, x_standardized=True, owner="ConditionalVAE: the decoder")
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sbikit.compressors.cnn import DEFAULT_CHANNELS, POOLINGS, ConvDecoder, ConvEncoder
-from sbikit.emulators.base import Emulator, fill_pca_basis, mlp
+from sbikit.emulators.base import Emulator, mlp
 from sbikit.priors import make_generator
 from sbikit.train import (
     StreamingData,
@@ -250,12 +250,7 @@ class ConditionalWGAN(Emulator):
             if self.generator_kind == "conv":
                 self.generator_net: nn.Module = ConvDecoder(k + d, self.x_shape, channels=self.channels)
             elif self.generator_kind == "pca":
-                size = math.prod(self.x_shape)
-                m = min(self.num_components, size)
-                self.generator_net = mlp(k + d, m, h, self.num_layers)
-                # filled by fit (fill_pca_basis): orthonormal rows and the mean image, standardised units
-                self.register_buffer("pca_basis", torch.zeros(m, size))
-                self.register_buffer("pca_mean", torch.zeros(size))
+                self.generator_net = mlp(k + d, self._register_pca_buffers(self.num_components), h, self.num_layers)
             else:
                 self.generator_net = mlp(k + d, math.prod(self.x_shape), h, self.num_layers)
             self.critic_encoder: nn.Module = ConvEncoder(
@@ -304,9 +299,7 @@ class ConditionalWGAN(Emulator):
         """``z`` ``(b, k)``, ``theta_s`` ``(b, d)`` and optional unit noise ``(b, *x_shape)`` -> ``(b, *x_shape)``."""
         assert self.x_shape is not None
         out = self.generator_net(torch.cat([z, theta_s], dim=1))
-        if self.uses_pca:
-            out = out @ self.pca_basis + self.pca_mean
-        out = out.reshape(z.shape[0], *self.x_shape)
+        out = self._from_pca(out) if self.uses_pca else out.reshape(z.shape[0], *self.x_shape)
         if noise is not None and self.noise == "diagonal":
             out = out + torch.exp(self.log_noise_scale) * noise
         return out
@@ -490,8 +483,6 @@ class ConditionalWGAN(Emulator):
         if not (learning_rate > 0 and gp_weight >= 0):
             raise ValueError(f"learning_rate must be > 0 and gp_weight >= 0, got {learning_rate} and {gp_weight}")
         data = self._fit_data(theta, x, seed=seed, memory_limit_gb=memory_limit_gb)
-        if self.uses_pca:
-            self._set_pca_basis(data)
         n = data.num_rows if isinstance(data, StreamingData) else len(data[1])
         n_val = max(1, int(round(n * validation_fraction)))
         n_train = n - n_val
@@ -501,6 +492,8 @@ class ConditionalWGAN(Emulator):
         saved = _load_checkpoint(ckpt_path, resume)
         if saved is not None and saved.get("kind") != _CHECKPOINT_KIND:
             raise ValueError(f"{ckpt_path} is a training checkpoint of another model, not of a ConditionalWGAN")
+        if self.uses_pca and saved is None:  # a resumed run loads the basis with the weights
+            self._fit_pca_basis(data, x_standardized=False, owner="ConditionalWGAN: the generator")
         if saved is not None and seed is None:
             seed = int(saved["seed"])
         elif seed is None:
@@ -527,18 +520,6 @@ class ConditionalWGAN(Emulator):
                 progress=progress,
             )
         return self
-
-    def _set_pca_basis(self, data: tuple[Tensor, Tensor] | StreamingData) -> None:
-        """Fill ``pca_basis`` and ``pca_mean`` from the standardised training images (:func:`fill_pca_basis`).
-
-        Args:
-            data: ``(theta, x)`` in data units, or a stream of standardised ``[theta_s, x_s]`` blocks.
-        """
-        if isinstance(data, StreamingData):
-            blocks: Iterator[Tensor] = (block[1] for block in data.iter_blocks())
-        else:
-            blocks = (self.standardize_x(b.to(self.device)) for b in data[1].split(4096))
-        fill_pca_basis(self.pca_basis, self.pca_mean, blocks, owner="ConditionalWGAN: the generator")
 
     def _train_loop(
         self,
