@@ -1,7 +1,9 @@
 """How much of the prior an emulator's power spectrum covers: P(k) agreement at many prior draws.
 
 ``benchmarks/emulators.py`` checks the power-spectrum ratio at 8 parameters drawn from the
-prior; this script fits the same CVAE (5,000 sersic simulations, seeds 0/1, fit seed 0,
+prior; this script fits the same CVAE (5,000 sersic simulations, seeds 0/1, fit seed 0, the
+parameters drawn from the prior, or with ``--edge-fraction f`` from
+``edge_weighted_design(prior, 5000, edge_fraction=f, seed=0)``,
 256 hidden units, latent 8, ``decoder="pca"`` with 64 components) and checks every k-bin
 (``FidelityReport.power_within(0.05, 2)``) at ``--num-theta`` fresh prior draws (seed 30),
 ``--num-samples`` outputs each, reporting the share of draws where every bin agrees, and
@@ -31,7 +33,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 import simulators  # noqa: E402
-from sbikit.emulators import ConditionalVAE, fidelity  # noqa: E402
+from sbikit.emulators import ConditionalVAE, edge_weighted_design, fidelity  # noqa: E402
 
 
 def main() -> None:
@@ -39,12 +41,16 @@ def main() -> None:
     parser.add_argument("--num-train", type=int, default=5000)
     parser.add_argument("--num-theta", type=int, default=40)
     parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--edge-fraction", type=float, default=0.0, help="training design (0: prior draws)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
     sim = simulators.get("sersic")
-    theta = sim.prior.sample(args.num_train, seed=0)
+    if args.edge_fraction > 0:
+        theta = edge_weighted_design(sim.prior, args.num_train, edge_fraction=args.edge_fraction, seed=0)
+    else:
+        theta = sim.prior.sample(args.num_train, seed=0)
     x = sim.simulate(theta.double().numpy(), seed=1)
     start = time.process_time()
     emu = ConditionalVAE(8, hidden_features=256, decoder="pca", num_components=64, prior=sim.prior)
@@ -59,6 +65,7 @@ def main() -> None:
     position = (theta_test.numpy() - lo) / (hi - lo)  # where in the box, 0..1 per parameter
     result = {
         "num_theta": args.num_theta,
+        "edge_fraction": args.edge_fraction,
         "num_samples": args.num_samples,
         "fit_cpu_s": fit_cpu,
         "epochs": emu.history.epochs,

@@ -2,7 +2,11 @@
 
 Task ``sersic`` (32 x 32 galaxy, 5 parameters; or ``grf``). Steps, all seeded:
 
-1. Training set: ``theta = prior.sample(n_train, seed=0)``, ``x = simulate(theta, seed=1)``.
+1. Training set: ``theta = prior.sample(n_train, seed=0)``, ``x = simulate(theta, seed=1)``;
+   with ``--edge-fraction f > 0`` the emulators' training parameters are instead
+   ``edge_weighted_design(prior, n_train, edge_fraction=f, seed=0)`` (a share ``f`` pushed
+   toward the prior's bounds; :mod:`sbikit.emulators.design`), simulated with seed 1. The
+   compressor of step 3 is always fitted on the prior-drawn set.
 2. Each emulator (``cvae``: :class:`sbikit.emulators.ConditionalVAE`, ``wgan``:
    :class:`sbikit.emulators.ConditionalWGAN`) is fitted on it (seed 0). The CVAE has 256
    hidden units, ``latent_dim`` 8 and, by default here, ``decoder="pca"`` with 64 components
@@ -68,7 +72,7 @@ import sbikit  # noqa: E402
 import simulators  # noqa: E402
 from sbikit.compressors import Regression  # noqa: E402
 from sbikit.diagnostics.c2st import c2st  # noqa: E402
-from sbikit.emulators import ConditionalVAE, ConditionalWGAN, fidelity  # noqa: E402
+from sbikit.emulators import ConditionalVAE, ConditionalWGAN, edge_weighted_design, fidelity  # noqa: E402
 
 logger = logging.getLogger("benchmarks.emulators")
 
@@ -121,7 +125,14 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     prior = sim.prior
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    base = {"task": args.task, "size": args.size, "num_train": args.num_train, "quick": args.quick, **machine()}
+    base = {
+        "task": args.task,
+        "size": args.size,
+        "num_train": args.num_train,
+        "edge_fraction": args.edge_fraction,
+        "quick": args.quick,
+        **machine(),
+    }
     records: list[dict[str, Any]] = []
 
     def emit(rec: dict[str, Any]) -> None:
@@ -133,6 +144,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     theta = prior.sample(args.num_train, seed=0)
     x = np.asarray(sim.simulate(theta.double().numpy(), seed=1))
+    if args.edge_fraction > 0:
+        theta_emu = edge_weighted_design(prior, args.num_train, edge_fraction=args.edge_fraction, seed=0)
+        x_emu = np.asarray(sim.simulate(theta_emu.double().numpy(), seed=1))
+    else:
+        theta_emu, x_emu = theta, x
     comp = Regression(channels=tuple(args.channels)).fit(
         x, theta, seed=0, device=args.device, progress=args.progress, max_epochs=args.max_epochs, patience=10
     )
@@ -158,7 +174,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
     for name in args.emulators:
         emu = build_emulator(name, prior, args)
-        fit_seconds = fit_emulator(emu, name, theta, x, args)
+        fit_seconds = fit_emulator(emu, name, theta_emu, x_emu, args)
         epochs = emu.history.epochs
         # records name the WGAN's generator when it is not the first runs' MLP (the report keys on it)
         label = f"wgan-{args.wgan_generator}" if name == "wgan" and args.wgan_generator != "mlp" else name
@@ -260,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wgan-generator", choices=("mlp", "pca", "conv"), default="mlp")
     parser.add_argument("--cvae-schedule", choices=("plateau", "cosine"), default="plateau")
     parser.add_argument("--wgan-learning-rate", type=float, default=1e-3)
+    parser.add_argument("--edge-fraction", type=float, default=0.0, help="emulators' training design (0: prior draws)")
     parser.add_argument("--npe-max-epochs", type=int, default=None)
     parser.add_argument("--npe-floor", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--device", default="cpu")

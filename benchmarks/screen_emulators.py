@@ -53,7 +53,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 import simulators  # noqa: E402
-from sbikit.emulators import ConditionalVAE, ConditionalWGAN, power_spectrum  # noqa: E402
+from sbikit.emulators import ConditionalVAE, ConditionalWGAN, edge_weighted_design, power_spectrum  # noqa: E402
+from sbikit.emulators.base import fill_pca_basis  # noqa: E402
 
 logger = logging.getLogger("benchmarks.screen_emulators")
 
@@ -112,6 +113,22 @@ class ZFreePCACVAE(PCACVAE, ZFreeCVAE):
         return PCACVAE._decode(self, torch.zeros_like(z), theta_s)
 
 
+class OracleBasisCVAE(ConditionalVAE):
+    """``decoder="pca"`` with the basis taken from the NOISELESS training images (diagnosis only).
+
+    Separates the two sources of the mean image's error: how well the principal components
+    of noisy training images span the noiseless ones, and how well the decoder maps
+    ``theta`` to coefficients. :func:`screen` sets ``clean_images`` ``(n, H, W)`` before the fit.
+    """
+
+    clean_images: np.ndarray | None = None
+
+    def _fit_pca_basis(self, data: Any, *, x_standardized: bool, owner: str) -> None:
+        assert self.clean_images is not None
+        clean = self.standardize_x(torch.as_tensor(self.clean_images, dtype=torch.float32))
+        fill_pca_basis(self.pca_basis, self.pca_mean, [clean], owner=owner + " (noiseless basis)")
+
+
 # name -> (constructor kwargs, fit kwargs, class)
 CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], type]] = {
     "base": ({"hidden_features": 256}, {}, ConditionalVAE),
@@ -139,6 +156,7 @@ CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], type]] = {
     ),
     # the library's decoder="pca" (the same construction as PCACVAE)
     "lib_pca64": ({"hidden_features": 256, "decoder": "pca"}, {}, ConditionalVAE),
+    "oracle_pca64": ({"hidden_features": 256, "decoder": "pca"}, {}, OracleBasisCVAE),
     "zfree_lib_pca32": ({"hidden_features": 256, "decoder": "pca", "num_components": 32}, {}, ZFreeCVAE),
     "zfree_lib_pca128": ({"hidden_features": 256, "decoder": "pca", "num_components": 128}, {}, ZFreeCVAE),
     "zfree_lib_pca64_h128": ({"hidden_features": 128, "decoder": "pca"}, {}, ZFreeCVAE),
@@ -161,6 +179,16 @@ CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], type]] = {
     "wgan_mlp_e100": ({"hidden_features": 256, "generator": "mlp"}, {"max_epochs": 100}, ConditionalWGAN),
     "wgan_pca64_e100": ({"hidden_features": 256, "generator": "pca"}, {"max_epochs": 100}, ConditionalWGAN),
 }
+
+
+def training_design(prior: Any, num: int, design: str) -> Tensor:
+    """Training parameters ``(num, 5)``: ``"prior"`` (the benchmark's ``prior.sample(num, seed=0)``),
+    ``"arcsine"`` or ``"mixK"``: :func:`sbikit.emulators.edge_weighted_design` with
+    ``edge_fraction`` 1 or ``K / 100`` (seed 0)."""
+    if design == "prior":
+        return prior.sample(num, seed=0)
+    share = 1.0 if design == "arcsine" else int(design.removeprefix("mix")) / 100
+    return edge_weighted_design(prior, num, edge_fraction=share, seed=0)
 
 
 def corners(prior: Any) -> np.ndarray:
@@ -219,7 +247,7 @@ def mean_image_errors(emu: Any, sim: Any, theta: np.ndarray, num_z: int = 16) ->
 def screen(name: str, args: argparse.Namespace) -> dict[str, Any]:
     sim = simulators.get("sersic", size=32)
     prior = sim.prior
-    theta = prior.sample(args.num_train, seed=0)
+    theta = training_design(prior, args.num_train, args.design)
     x = np.asarray(sim.simulate(theta.double().numpy(), seed=1))
     ctor, fit_kw, cls = CONFIGS[name]
     ctor = dict(ctor)
@@ -230,12 +258,15 @@ def screen(name: str, args: argparse.Namespace) -> dict[str, Any]:
     else:
         emu = cls(latent, **{"decoder": "mlp", "channels": (8, 16, 32), "prior": prior, **ctor})
         defaults = {"max_epochs": 200, "patience": 20}
+    if isinstance(emu, OracleBasisCVAE):
+        emu.clean_images = np.asarray(sim.model_image(theta.double().numpy()), dtype=np.float32)
     c0, t0 = time.process_time(), time.perf_counter()
     emu.fit(theta, x, seed=0, device="cpu", progress=False, **{**defaults, **fit_kw})
     fit_cpu, fit_wall = time.process_time() - c0, time.perf_counter() - t0
     hold = prior.sample(500, seed=20).double().numpy()
     rec: dict[str, Any] = {
-        "config": name,
+        "config": name if args.design == "prior" else f"{name}+{args.design}",
+        "design": args.design,
         "class": cls.__name__,
         "ctor": ctor | {"latent_dim": latent},
         "fit_kwargs": fit_kw,
@@ -291,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["base"])
     parser.add_argument("--num-train", type=int, default=5000)
+    parser.add_argument(
+        "--design", default="prior", help="training parameters: prior, arcsine or mixK (K%% arcsine rows)"
+    )
     parser.add_argument("--num-samples", type=int, default=1000, help="outputs per theta for P(k)")
     parser.add_argument("--out", default=str(ROOT / "results" / "screen_emulators.jsonl"))
     parser.add_argument("--save-dir", default=None, help="write each fitted emulator here")
