@@ -11,7 +11,7 @@ loop only), ``overfit`` (the fields of :class:`sbikit.train.OverfitRule` as a di
 decay switched on once the run overfits; "fit" loop), ``ema`` (decay per step of a moving
 average of the weights, validated every epoch; "fit" loop), ``affine`` (start the flow with
 :class:`sbikit.flows.ConditionalAffine`, false), ``embed`` (a dict ``{"hidden": 128, "out":
-32}``: a jointly trained :class:`sbikit.flows.MLPEmbedding` of ``x``, built first, as ``NPE``
+32, "layers": 2}``: a jointly trained :class:`sbikit.flows.MLPEmbedding` of ``x``, built first, as ``NPE``
 builds it; sixth round), ``dropout`` (dropout after every hidden activation of the
 conditioners in training; screening only, sixth round), ``seed`` (training seed, 0: seeds
 the flow's initialisation, ``torch.manual_seed(seed)`` before :func:`sbikit.flows.build_flow`,
@@ -147,7 +147,12 @@ def main() -> None:
     embedding = None
     if embed:
         width = int(np.prod(x.shape[1:]))
-        embedding = MLPEmbedding(width, hidden_features=embed.get("hidden", 128), out_features=embed.get("out", 32))
+        embedding = MLPEmbedding(
+            width,
+            hidden_features=embed.get("hidden", 128),
+            out_features=embed.get("out", 32),
+            num_layers=embed.get("layers", 2),
+        )
     flow = build_flow(
         cfg.get("kind", "nsf"),
         u.shape[1],

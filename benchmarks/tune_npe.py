@@ -4,6 +4,10 @@ Usage: ``python benchmarks/tune_npe.py TASK NAME JSON`` where JSON may hold ``n`
 10^4), ``nc2`` (samples per C2ST, 3000), ``nobs`` (5), ``npe_kw`` (NPE arguments), ``userfit``
 (``NPE.fit`` arguments), ``flow_kw`` / ``fit_kw`` (extra keywords bound into ``build_flow`` /
 ``sbikit.train.fit``). Appends one JSON line to ``benchmarks/results/tuning_<task>.jsonl``.
+``soft_box`` (a number ``a``: replace BoxUniform's scaled logit by the bijection
+``u = a (p - 1/2) + logit(p)``, ``p = (theta - low) / (high - low)``, nearly linear for
+``p(1 - p) > 1 / a`` and logit-like at the bounds; inverted by bracketed Newton steps;
+ninth round) and ``nologit`` (the identity instead: samples may leave the prior's box).
 Screening only: fewer C2ST samples than the standard variant, one seed.
 """
 
@@ -40,6 +44,40 @@ fit_kw = ov.pop("fit_kw", {})
 npe_kw = ov.pop("npe_kw", {})
 nplog = ov.pop("nologit", False)
 userfit = ov.pop("userfit", {})
+soft_box = ov.pop("soft_box", None)
+if soft_box is not None:
+    from sbikit.priors import BoxUniform
+
+    A = float(soft_box)
+
+    def _solve_y(u):  # root of a (sigmoid(y) - 1/2) + y - u, inside (u - a/2, u + a/2)
+        u64 = u.double()
+        lo, hi = u64 - A / 2, u64 + A / 2
+        y = torch.minimum(torch.maximum(u64 / (1 + A / 4), lo), hi)
+        for _ in range(40):
+            sg = torch.sigmoid(y)
+            g = A * (sg - 0.5) + y - u64
+            lo, hi = torch.where(g < 0, y, lo), torch.where(g > 0, y, hi)
+            step = y - g / (A * sg * (1 - sg) + 1)
+            y = torch.where((step <= lo) | (step >= hi), 0.5 * (lo + hi), step)
+        return y
+
+    def _to_u(self, theta):
+        low, high = self.low.to(theta), self.high.to(theta)
+        pp = (theta - low) / (high - low)
+        return A * (pp - 0.5) + torch.logit(pp)
+
+    def _from_u(self, u):
+        low, high = self.low.to(u), self.high.to(u)
+        th = (low.double() + (high - low).double() * torch.sigmoid(_solve_y(u))).to(u.dtype)
+        return torch.minimum(torch.maximum(th, torch.nextafter(low, high)), torch.nextafter(high, low))
+
+    def _ladj(self, u):
+        sg = torch.sigmoid(_solve_y(u))
+        return (torch.log((self.high - self.low).to(u)) - torch.log(A + 1 / (sg * (1 - sg))).to(u.dtype)).sum(-1)
+
+    BoxUniform.to_unconstrained, BoxUniform.from_unconstrained = _to_u, _from_u
+    BoxUniform.log_abs_det_jacobian = _ladj
 if flow_kw:
     npe_mod.build_flow = functools.partial(npe_mod.build_flow, **flow_kw)
 if fit_kw:
