@@ -129,6 +129,29 @@ class OracleBasisCVAE(ConditionalVAE):
         fill_pca_basis(self.pca_basis, self.pca_mean, [clean], owner=owner + " (noiseless basis)")
 
 
+class AmplitudeCVAE(ConditionalVAE):
+    """``decoder="pca"`` whose coefficients are ``a(z, theta) + exp(s(z, theta)) b(z, theta)`` (screening).
+
+    One MLP gives ``a`` and ``b`` (``m`` each) and the scalar ``s``: an output whose overall
+    scale varies over orders of magnitude with ``theta`` (a flux) becomes a product the
+    network can form with a linear ``s``, instead of a large-dynamic-range regression.
+    """
+
+    def _build(self) -> None:
+        super()._build()
+        assert self.x_shape is not None and self.theta_dim is not None
+        from sbikit.emulators.base import mlp
+
+        m = len(self.pca_basis)
+        self.decoder = mlp(self.latent_dim + self.theta_dim, 2 * m + 1, self.hidden_features, self.num_layers)
+
+    def _decode(self, z: Tensor, theta_s: Tensor) -> Tensor:
+        out = self.decoder(torch.cat([z, theta_s], dim=1))
+        m = len(self.pca_basis)
+        coef = out[:, :m] + torch.exp(out[:, 2 * m :]) * out[:, m : 2 * m]
+        return self._from_pca(coef)
+
+
 # name -> (constructor kwargs, fit kwargs, class)
 CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], type]] = {
     "base": ({"hidden_features": 256}, {}, ConditionalVAE),
@@ -157,6 +180,7 @@ CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], type]] = {
     # the library's decoder="pca" (the same construction as PCACVAE)
     "lib_pca64": ({"hidden_features": 256, "decoder": "pca"}, {}, ConditionalVAE),
     "oracle_pca64": ({"hidden_features": 256, "decoder": "pca"}, {}, OracleBasisCVAE),
+    "amp_pca64": ({"hidden_features": 256, "decoder": "pca"}, {}, AmplitudeCVAE),
     "zfree_lib_pca32": ({"hidden_features": 256, "decoder": "pca", "num_components": 32}, {}, ZFreeCVAE),
     "zfree_lib_pca128": ({"hidden_features": 256, "decoder": "pca", "num_components": 128}, {}, ZFreeCVAE),
     "zfree_lib_pca64_h128": ({"hidden_features": 128, "decoder": "pca"}, {}, ZFreeCVAE),
