@@ -43,6 +43,8 @@ def test_shape_support_and_seeds() -> None:
     assert torch.equal(a, edge_weighted_design(PRIOR, 1000, seed=3))
     assert not torch.equal(a, edge_weighted_design(PRIOR, 1000, seed=4))
     assert edge_weighted_design(PRIOR, 0, seed=0).shape == (0, 5)
+    # numpy scalars are numbers too
+    assert torch.equal(a, edge_weighted_design(PRIOR, np.int64(1000), edge_fraction=np.float32(0.5), seed=3))
 
 
 @pytest.mark.parametrize(
@@ -76,8 +78,12 @@ def test_rows_are_shuffled_so_a_tail_split_holds_both_kinds() -> None:
 def test_bad_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="edge_fraction"):
         edge_weighted_design(PRIOR, 10, edge_fraction=1.5)
+    with pytest.raises(ValueError, match="edge_fraction"):
+        edge_weighted_design(PRIOR, 10, edge_fraction=float("nan"))
     with pytest.raises(ValueError, match="num"):
         edge_weighted_design(PRIOR, -1)
+    with pytest.raises(ValueError, match="num"):
+        edge_weighted_design(PRIOR, 2.5)
     with pytest.raises(ValueError, match="unbounded"):
         edge_weighted_design(Gaussian(torch.zeros(2), torch.ones(2)), 10)
 

@@ -16,6 +16,7 @@ Use the design for the emulator's training set only: data for NPE or any other e
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -57,7 +58,7 @@ def edge_weighted_design(prior: Any, num: int, *, edge_fraction: float = 0.5, se
     """
     if int(num) != num or num < 0:
         raise ValueError(f"num must be a non-negative integer, got {num}")
-    if not (isinstance(edge_fraction, (int, float)) and 0.0 <= edge_fraction <= 1.0):
+    if not (isinstance(edge_fraction, numbers.Real) and 0.0 <= float(edge_fraction) <= 1.0):
         raise ValueError(f"edge_fraction must be a number in [0, 1], got {edge_fraction!r}")
     low = torch.as_tensor(prior.low, dtype=torch.float32).reshape(-1)
     high = torch.as_tensor(prior.high, dtype=torch.float32).reshape(-1)
@@ -70,7 +71,7 @@ def edge_weighted_design(prior: Any, num: int, *, edge_fraction: float = 0.5, se
         )
     num = int(num)
     gen = make_generator(seed)
-    num_edge = int(round(edge_fraction * num))
+    num_edge = int(round(float(edge_fraction) * num))
     v = torch.rand(num_edge, len(low), generator=gen, dtype=torch.float32)
     edge = low + (high - low) * torch.sin(0.5 * math.pi * v) ** 2
     rows = torch.cat([edge, prior.sample(num - num_edge, generator=gen).to(torch.float32).reshape(-1, len(low))])
