@@ -1,8 +1,11 @@
 """Tests of sbikit.emulators.edge_weighted_design: support, seeds, the edge share, errors.
 
 The share of coordinates within 5% of the range of a bound is ``2 * 0.05 = 0.1`` for uniform
-draws and ``2 * (2 / pi) * asin(sqrt(0.05)) = 0.287`` for arcsine draws; tolerances are four
-binomial standard errors of the pooled count.
+draws and ``2 * (2 / pi) * asin(sqrt(0.05)) = 0.287`` for arcsine draws. Tolerances are four
+standard errors of the share over rows whose kind (arcsine with probability ``f``, else
+prior) is drawn independently: per row the count of near-bound coordinates among ``d`` has
+variance ``d (f pa (1 - pa) + (1 - f) pu (1 - pu)) + d^2 f (1 - f) (pa - pu)^2``, which bounds
+the design's (it fixes the number of arcsine rows) from above.
 """
 
 from __future__ import annotations
@@ -32,8 +35,18 @@ def _near_share(theta: torch.Tensor) -> float:
     return float(((u < NEAR) | (u > 1 - NEAR)).mean())
 
 
-def _within(share: float, expected: float, count: int) -> bool:
-    return abs(share - expected) <= 4 * math.sqrt(expected * (1 - expected) / count)
+def _expected_and_sd(fraction: float, rows: int, d: int = 5) -> tuple[float, float]:
+    pa, pu = P_ARCSINE, P_UNIFORM
+    mean = fraction * pa + (1 - fraction) * pu
+    per_row = d * (fraction * pa * (1 - pa) + (1 - fraction) * pu * (1 - pu))
+    per_row += d**2 * fraction * (1 - fraction) * (pa - pu) ** 2
+    return mean, math.sqrt(per_row / rows) / d
+
+
+def _within(theta: torch.Tensor, fraction: float) -> bool:
+    """Whether the near-bound share of ``theta`` agrees with a design of this ``fraction``."""
+    mean, sd = _expected_and_sd(fraction, len(theta), theta.shape[1])
+    return abs(_near_share(theta) - mean) <= 4 * sd
 
 
 def test_shape_support_and_seeds() -> None:
@@ -47,16 +60,12 @@ def test_shape_support_and_seeds() -> None:
     assert torch.equal(a, edge_weighted_design(PRIOR, np.int64(1000), edge_fraction=np.float32(0.5), seed=3))
 
 
-@pytest.mark.parametrize(
-    ("fraction", "expected"),
-    [(0.0, P_UNIFORM), (0.5, 0.5 * P_ARCSINE + 0.5 * P_UNIFORM), (1.0, P_ARCSINE)],
-)
-def test_share_of_coordinates_near_the_bounds(fraction: float, expected: float) -> None:
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+def test_share_of_coordinates_near_the_bounds(fraction: float) -> None:
     theta = edge_weighted_design(PRIOR, 20_000, edge_fraction=fraction, seed=1)
-    assert _within(_near_share(theta), expected, theta.numel())
-    # the share is not that of the other end of the range of fractions (negative control)
-    other = P_ARCSINE if fraction == 0.0 else P_UNIFORM
-    assert not _within(_near_share(theta), other, theta.numel())
+    assert _within(theta, fraction)
+    # nor does it agree with a design a quarter away (negative control)
+    assert not _within(theta, fraction + 0.25 if fraction < 1 else 0.75)
 
 
 def test_edge_rows_follow_the_arcsine_law_and_prior_rows_do_not() -> None:
@@ -69,10 +78,7 @@ def test_edge_rows_follow_the_arcsine_law_and_prior_rows_do_not() -> None:
 
 def test_rows_are_shuffled_so_a_tail_split_holds_both_kinds() -> None:
     theta = edge_weighted_design(PRIOR, 20_000, edge_fraction=0.5, seed=5)
-    expected = 0.5 * P_ARCSINE + 0.5 * P_UNIFORM
-    head, tail = theta[:2000], theta[-2000:]
-    assert _within(_near_share(head), expected, head.numel())
-    assert _within(_near_share(tail), expected, tail.numel())
+    assert _within(theta[:2000], 0.5) and _within(theta[-2000:], 0.5)
 
 
 def test_bad_arguments_are_named() -> None:
