@@ -20,7 +20,7 @@ the posterior and writes into the output folder:
   ``comparison.md``, and both posteriors with the truth in ``overlay.png``.
 
 ``sbikit simulate SIMULATOR -n NUM [--store sims.zarr] [--chunk-size ROWS] [--workers K]
-[--scheduler tcp://host:port] [--seed S]`` simulates into a resumable zarr store
+[--scheduler tcp://host:port] [--seed S] [--edge-fraction F]`` simulates into a resumable zarr store
 (:func:`sbikit.simulate`); rerunning it completes an interrupted store.
 
 ``sbikit simulators`` lists the bundled simulators. ``python -m sbikit`` is the same as
@@ -448,6 +448,13 @@ def _parser() -> argparse.ArgumentParser:
         "--kwargs", default="{}", metavar="JSON", help="simulator keyword arguments as JSON, e.g. '{\"dim\": 5}'"
     )
     p_sim.add_argument("--dtype", default="float32", help="storage type of x (default: float32)")
+    p_sim.add_argument(
+        "--edge-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of rows drawn toward the prior's bounds, for an emulator's training set (default: 0, prior)",
+    )
     p_sim.add_argument("--quiet", action="store_true", help="only warnings and errors, no progress bar")
     return parser
 
@@ -474,6 +481,7 @@ def _simulate_command(args: argparse.Namespace) -> int:
             seed=args.seed,
             simulator_kwargs=kwargs,
             dtype=args.dtype,
+            edge_fraction=args.edge_fraction,
             progress=not args.quiet,
         )
     except (ValueError, KeyError, ImportError, TypeError) as err:

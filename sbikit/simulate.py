@@ -1,12 +1,13 @@
 """Batched, seeded simulation into a resumable zarr store, in one process, local processes or on Dask.
 
 :func:`simulate` splits ``num_simulations`` into chunks of ``chunk_size`` rows. Chunk ``i``
-draws its parameters from the prior and simulates them with seeds spawned from the run's
-seed (``numpy.random.SeedSequence(seed, spawn_key=(i,))``), so the result depends on the
-seed and the chunk size and never on the number of workers or the order in which chunks
-finish. Finished chunks are written to the store (:mod:`sbikit.store`) as they arrive, by
-the calling process only; a rerun with the same store simulates only the chunks that are
-not marked done.
+draws its parameters from the prior (or, with ``edge_fraction``, from
+:func:`sbikit.emulators.edge_weighted_design`, for an emulator's training set) and simulates
+them with seeds spawned from the run's seed (``numpy.random.SeedSequence(seed,
+spawn_key=(i,))``), so the result depends on the seed and the chunk size and never on the
+number of workers or the order in which chunks finish. Finished chunks are written to the
+store (:mod:`sbikit.store`) as they arrive, by the calling process only; a rerun with the
+same store simulates only the chunks that are not marked done.
 
 Where the chunks run:
 
@@ -91,8 +92,13 @@ def _resolve(spec: Any, kwargs_json: str) -> Any:
     return _build_named(spec, kwargs_json) if isinstance(spec, str) else spec
 
 
-def _chunk_theta(sim: Any, num_rows: int, prior_seed: int) -> np.ndarray:
-    theta = sim.prior.sample(num_rows, seed=prior_seed)
+def _chunk_theta(sim: Any, num_rows: int, prior_seed: int, edge_fraction: float = 0.0) -> np.ndarray:
+    if edge_fraction > 0:
+        from sbikit.emulators.design import edge_weighted_design
+
+        theta = edge_weighted_design(sim.prior, num_rows, edge_fraction=edge_fraction, seed=prior_seed)
+    else:
+        theta = sim.prior.sample(num_rows, seed=prior_seed)
     if hasattr(theta, "detach"):
         theta = theta.detach().cpu().numpy()
     theta = np.asarray(theta, dtype=np.float32)
@@ -118,7 +124,9 @@ class ChunkResult:
     seconds: float
 
 
-def simulate_chunk(spec: Any, kwargs_json: str, seed: int, index: int, start: int, stop: int) -> ChunkResult:
+def simulate_chunk(
+    spec: Any, kwargs_json: str, seed: int, index: int, start: int, stop: int, *, edge_fraction: float = 0.0
+) -> ChunkResult:
     """Simulate chunk ``index`` (rows ``start:stop``) of a run; runs on a worker.
 
     Args:
@@ -128,6 +136,8 @@ def simulate_chunk(spec: Any, kwargs_json: str, seed: int, index: int, start: in
         index: the chunk's index.
         start: first row.
         stop: one past the last row.
+        edge_fraction: share of the chunk's rows from
+            :func:`sbikit.emulators.edge_weighted_design` (0: prior draws).
 
     Returns:
         A :class:`ChunkResult`; exceptions raised by the simulator are caught and returned.
@@ -135,7 +145,7 @@ def simulate_chunk(spec: Any, kwargs_json: str, seed: int, index: int, start: in
     began = time.perf_counter()
     sim = _resolve(spec, kwargs_json)
     prior_seed, noise_seed = chunk_seeds(seed, index)
-    theta = _chunk_theta(sim, stop - start, prior_seed)
+    theta = _chunk_theta(sim, stop - start, prior_seed, edge_fraction)
     try:
         x = sim.simulate(theta.astype(np.float64), seed=noise_seed)
         if hasattr(x, "detach"):
@@ -179,8 +189,14 @@ def _open_or_create(
     else:
         if record["seed"] is None:
             record["seed"] = old.get("seed")
-        keys = ("simulator", "simulator_kwargs", "num_simulations", "chunk_size", "seed", "dtype")
-        diff = [f"{k}: store has {old.get(k)!r}, this call {record[k]!r}" for k in keys if old.get(k) != record[k]]
+        keys = ("simulator", "simulator_kwargs", "num_simulations", "chunk_size", "seed", "dtype", "edge_fraction")
+        # stores written before a key existed hold its default
+        defaults = {"edge_fraction": 0.0}
+        diff = [
+            f"{k}: store has {old.get(k, defaults.get(k))!r}, this call {record[k]!r}"
+            for k in keys
+            if old.get(k, defaults.get(k)) != record[k]
+        ]
         if int(old.get("format", 0)) != STORE_FORMAT:
             diff.append(f"format: store has {old.get('format')!r}, this sbikit writes {STORE_FORMAT}")
         if diff:
@@ -319,6 +335,7 @@ def simulate(
     seed: int | None = None,
     simulator_kwargs: dict[str, Any] | None = None,
     dtype: str = "float32",
+    edge_fraction: float = 0.0,
     progress: bool = True,
 ) -> SimulationStore:
     """Simulate ``num_simulations`` data sets into a resumable zarr store.
@@ -339,6 +356,12 @@ def simulate(
             the recorded one when completing an existing store.
         simulator_kwargs: keyword arguments for a simulator given by name or path.
         dtype: storage type of ``x`` (``theta`` is float32, as the priors draw it).
+        edge_fraction: ``0`` (default) draws every chunk's parameters from the prior; ``f > 0``
+            draws them with :func:`sbikit.emulators.edge_weighted_design` (a share ``f`` of
+            the rows crowded toward the prior's bounds): a training set for an EMULATOR,
+            which learns ``x | theta`` and gains from rows near the box's faces. Never for
+            NPE, whose target depends on ``theta`` being prior draws. Needs a prior with
+            finite bounds; recorded in the store.
         progress: show a tqdm progress bar (rows simulated).
 
     Returns:
@@ -347,9 +370,10 @@ def simulate(
 
     Raises:
         ValueError: for non-positive sizes, an existing store written by a different run
-            (simulator, its arguments, ``num_simulations``, ``chunk_size``, ``seed`` or
-            ``dtype`` differ; the message lists what differs), or a simulator object
-            together with ``simulator_kwargs``.
+            (simulator, its arguments, ``num_simulations``, ``chunk_size``, ``seed``,
+            ``dtype`` or ``edge_fraction`` differ; the message lists what differs), a
+            simulator object together with ``simulator_kwargs``, or an ``edge_fraction``
+            outside ``[0, 1]`` or with a prior that is unbounded.
     """
     n = int(num_simulations)
     if n < 1:
@@ -372,6 +396,11 @@ def simulate(
     np.dtype(dtype)  # raises TypeError for an unknown dtype
 
     sim = _resolve(simulator, kwargs_json)
+    ef = float(edge_fraction)
+    if ef > 0 or not 0.0 <= ef <= 1.0:
+        from sbikit.emulators.design import edge_weighted_design
+
+        edge_weighted_design(sim.prior, 1, edge_fraction=ef, seed=0)  # raises for a bad fraction or prior
     identity = _simulator_identity(sim)
     num_chunks = math.ceil(n / cs)
     theta_dim = int(sim.prior.dim) if hasattr(sim.prior, "dim") else int(_chunk_theta(sim, 1, 0).shape[1])
@@ -383,6 +412,7 @@ def simulate(
         "chunk_size": cs,
         "seed": None if seed is None else int(seed),
         "dtype": str(np.dtype(dtype)),
+        "edge_fraction": ef,
     }
     path = Path(store)
     group, record = _open_or_create(path, record, num_chunks=num_chunks, chunk_size=cs, theta_dim=theta_dim)
@@ -393,10 +423,10 @@ def simulate(
     logger.info("%s: %d of %d chunks to simulate (%d rows done)", path, len(tasks), num_chunks, done_rows)
 
     writer = _Writer(group, record)
-    fn = functools.partial(simulate_chunk, simulator, kwargs_json, run_seed)
+    fn = functools.partial(simulate_chunk, simulator, kwargs_json, run_seed, edge_fraction=ef)
 
     def fallback(index: int, start: int, stop: int, *, error: str) -> ChunkResult:
-        theta = _chunk_theta(sim, stop - start, chunk_seeds(run_seed, index)[0])
+        theta = _chunk_theta(sim, stop - start, chunk_seeds(run_seed, index)[0], ef)
         return ChunkResult(index, theta, None, error, 0.0)
 
     began = time.perf_counter()

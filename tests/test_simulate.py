@@ -211,6 +211,7 @@ def test_estimators_skip_failed_and_pending_rows(tmp_path):
         ({"simulator": "gaussian_linear"}, "simulator"),
         ({"simulator_kwargs": {"dim": 2}, "simulator": "gaussian_linear"}, "simulator"),
         ({"dtype": "float64"}, "dtype"),
+        ({"edge_fraction": 0.5}, "edge_fraction"),
     ],
 )
 def test_rerun_with_other_arguments_raises(reference, change, field):
@@ -219,6 +220,44 @@ def test_rerun_with_other_arguments_raises(reference, change, field):
     n = kwargs.pop("num_simulations")
     with pytest.raises(ValueError, match=f"holds a different run.*{field}: store has"):
         sbikit.simulate(sim, n, store=reference.path, progress=False, **kwargs)
+
+
+def test_edge_fraction_draws_each_chunk_from_the_design(tmp_path):
+    from sbikit.emulators import edge_weighted_design
+
+    sim, n, chunk = simulators.get("two_moons"), 2000, 500
+    store = sbikit.simulate("two_moons", n, chunk_size=chunk, seed=SEED, edge_fraction=0.5, store=tmp_path / "e.zarr")
+    prior_store = sbikit.simulate("two_moons", n, chunk_size=chunk, seed=SEED, store=tmp_path / "p.zarr")
+    assert store.complete and store.run["edge_fraction"] == 0.5
+    for i in (0, 3):
+        rows = store.chunk_rows(i)
+        prior_seed, noise_seed = simulate_module.chunk_seeds(SEED, i)
+        theta = edge_weighted_design(sim.prior, rows.stop - rows.start, edge_fraction=0.5, seed=prior_seed).numpy()
+        assert np.array_equal(store.theta[rows], theta)
+        assert np.array_equal(store.x[rows], sim.simulate(theta.astype(np.float64), seed=noise_seed).astype(np.float32))
+
+    # The share of coordinates within 5% of a bound: 0.1 for prior draws, 0.1 + 0.5 * 0.187 for
+    # this design. Four binomial standard errors of the prior's share over 2 n coordinates are
+    # 0.019; the design's share has a standard error of about 0.0064 (rows of two kinds).
+    def near(theta: np.ndarray) -> float:
+        u = (theta + 1) / 2
+        return float(((u < 0.05) | (u > 0.95)).mean())
+
+    tolerance = 4 * np.sqrt(0.1 * 0.9 / (2 * n))
+    assert near(store.theta[:]) > 0.1 + tolerance
+    assert abs(near(prior_store.theta[:]) - 0.1) <= tolerance  # negative control
+
+
+def test_store_without_an_edge_fraction_record_resumes_as_prior_draws(tmp_path):
+    path = tmp_path / "old.zarr"
+    sbikit.simulate("two_moons", 50, chunk_size=25, seed=3, store=path, progress=False)
+    group = zarr.open_group(str(path), mode="a")
+    record = dict(group.attrs["sbikit"])
+    del record["edge_fraction"]  # as written before the option existed
+    group.attrs["sbikit"] = record
+    assert sbikit.simulate("two_moons", 50, chunk_size=25, seed=3, store=path, progress=False).complete
+    with pytest.raises(ValueError, match="edge_fraction: store has 0.0, this call 0.5"):
+        sbikit.simulate("two_moons", 50, chunk_size=25, seed=3, store=path, edge_fraction=0.5, progress=False)
 
 
 def test_bad_arguments_raise(tmp_path):
@@ -230,6 +269,10 @@ def test_bad_arguments_raise(tmp_path):
         sbikit.simulate("two_moons", 10, workers=0, store=tmp_path / "a.zarr")
     with pytest.raises(ValueError, match="simulator_kwargs apply to a simulator given by name"):
         sbikit.simulate(simulators.get("two_moons"), 10, simulator_kwargs={"dim": 2}, store=tmp_path / "a.zarr")
+    with pytest.raises(ValueError, match="edge_fraction must be a number in"):
+        sbikit.simulate("two_moons", 10, edge_fraction=1.5, store=tmp_path / "a.zarr")
+    with pytest.raises(ValueError, match="unbounded"):
+        sbikit.simulate("gaussian_linear", 10, edge_fraction=0.5, store=tmp_path / "a.zarr")
     with pytest.raises(KeyError, match="unknown simulator 'no_such_sim'"):
         sbikit.simulate("no_such_sim", 10, store=tmp_path / "a.zarr")
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w").create_array("a", shape=(2,), dtype="f4")
@@ -264,6 +307,10 @@ def test_cli_simulate(reference, tmp_path, capsys):
     assert_same_store(sbikit.open_store(path), reference)
     assert main([*args, "--seed", "1"]) == 2
     assert "holds a different run" in capsys.readouterr().err
+    edge = tmp_path / "edge.zarr"
+    assert main(["simulate", "two_moons", "-n", "20", "--quiet", "--store", str(edge), "--edge-fraction", "0.5"]) == 0
+    assert sbikit.open_store(edge).run["edge_fraction"] == 0.5
+    capsys.readouterr()
     assert main(["simulate", "gaussian_linear", "-n", "10", "--kwargs", "[1]", "--store", str(tmp_path / "b")]) == 2
     assert "--kwargs must be a JSON object" in capsys.readouterr().err
     assert (
