@@ -215,6 +215,8 @@ def _open_or_create(
             chunks=(chunk_size, theta_dim),
             dtype="float32",
         )
+        # on the array itself, so that an estimator given only store.theta can tell (NPE refuses a design)
+        group["theta"].attrs["edge_fraction"] = float(record.get("edge_fraction", 0.0))
     elif int(group["theta"].shape[1]) != theta_dim:
         raise ValueError(f"store theta has {group['theta'].shape[1]} columns, the prior {theta_dim}")
     if "chunk_status" not in group:

@@ -408,3 +408,16 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted(tmp_path, monkeypatch):
     assert_same_store(resumed, fresh)
     assert np.isfinite(resumed.theta[:]).all() and len(np.unique(resumed.theta[:], axis=0)) == n
     assert not list(path.rglob("*.partial"))
+
+
+def test_npe_refuses_a_design_store_and_nle_takes_it(tmp_path):
+    store = sbikit.simulate("two_moons", 300, chunk_size=100, seed=0, edge_fraction=0.5, store=tmp_path / "e.zarr")
+    prior = simulators.get("two_moons").prior
+    with pytest.raises(ValueError, match="edge_fraction=0.5"):
+        sbikit.NPE(prior, device="cpu").fit(store.theta, store.x, max_epochs=1, progress=False)
+    # the likelihood, like an emulator, does not depend on where theta was drawn
+    sbikit.NLE(prior, device="cpu").fit(store.theta, store.x, max_epochs=1, progress=False)
+    # a prior-drawn store trains NPE as before
+    plain = sbikit.simulate("two_moons", 300, chunk_size=100, seed=0, store=tmp_path / "p.zarr")
+    assert plain.theta.attrs["edge_fraction"] == 0.0
+    sbikit.NPE(prior, device="cpu").fit(plain.theta, plain.x, max_epochs=1, progress=False)

@@ -341,7 +341,13 @@ class NPE(FlowEstimator):
 
         Returns:
             A :class:`~sbikit.inference.posterior.FlowPosterior` on ``self.device``.
+
+        Raises:
+            ValueError: ``theta`` is the parameter array of a store simulated with
+                ``edge_fraction > 0`` (an emulator's design, not prior draws), besides the
+                shape, support and NaN checks of the inputs.
         """
+        _refuse_design_parameters(theta)
         theta, x, streamed = training_inputs(theta, x, memory_limit_gb=memory_limit_gb)
         data: tuple[Tensor, Tensor] | StreamingData
         if streamed:
@@ -432,3 +438,23 @@ class NPE(FlowEstimator):
         if not bool(torch.isfinite(u).all()):
             raise ValueError("theta lies too close to a prior bound to be transformed; check the prior support")
         return [u, x]
+
+
+def _refuse_design_parameters(theta: Any) -> None:
+    """Raise when ``theta`` is a store's parameter array drawn with ``edge_fraction > 0``.
+
+    NPE's target ``p(theta | x)`` is defined by the distribution the training ``theta`` are
+    drawn from, which must be the prior; an edge-weighted design (for emulators and NLE)
+    would bias the posterior toward the prior's bounds.
+    """
+    attrs = getattr(theta, "attrs", None)
+    try:
+        fraction = float(attrs.get("edge_fraction", 0.0) or 0.0) if attrs is not None else 0.0
+    except (AttributeError, TypeError, ValueError):
+        return
+    if fraction > 0:
+        raise ValueError(
+            f"these parameters were simulated with edge_fraction={fraction} (sbikit.simulate's design for "
+            "emulators), not drawn from the prior: NPE needs prior draws, or its posterior leans toward the "
+            "prior's bounds; simulate a store with edge_fraction=0 for NPE (NLE and emulators may use this one)"
+        )
