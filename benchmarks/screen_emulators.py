@@ -181,6 +181,8 @@ CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], type]] = {
     "lib_pca64": ({"hidden_features": 256, "decoder": "pca"}, {}, ConditionalVAE),
     "oracle_pca64": ({"hidden_features": 256, "decoder": "pca"}, {}, OracleBasisCVAE),
     "amp_pca64": ({"hidden_features": 256, "decoder": "pca"}, {}, AmplitudeCVAE),
+    # the library's amplitude_head=True (the same map, clamped; its own initialisation order)
+    "lib_amp_pca64": ({"hidden_features": 256, "decoder": "pca", "amplitude_head": True}, {}, ConditionalVAE),
     "zfree_lib_pca32": ({"hidden_features": 256, "decoder": "pca", "num_components": 32}, {}, ZFreeCVAE),
     "zfree_lib_pca128": ({"hidden_features": 256, "decoder": "pca", "num_components": 128}, {}, ZFreeCVAE),
     "zfree_lib_pca64_h128": ({"hidden_features": 128, "decoder": "pca"}, {}, ZFreeCVAE),
@@ -285,11 +287,13 @@ def screen(name: str, args: argparse.Namespace) -> dict[str, Any]:
     if isinstance(emu, OracleBasisCVAE):
         emu.clean_images = np.asarray(sim.model_image(theta.double().numpy()), dtype=np.float32)
     c0, t0 = time.process_time(), time.perf_counter()
-    emu.fit(theta, x, seed=0, device="cpu", progress=False, **{**defaults, **fit_kw})
+    emu.fit(theta, x, seed=args.fit_seed, device="cpu", progress=False, **{**defaults, **fit_kw})
     fit_cpu, fit_wall = time.process_time() - c0, time.perf_counter() - t0
     hold = prior.sample(500, seed=20).double().numpy()
     rec: dict[str, Any] = {
-        "config": name if args.design == "prior" else f"{name}+{args.design}",
+        "config": (name if args.design == "prior" else f"{name}+{args.design}")
+        + (f"+seed{args.fit_seed}" if args.fit_seed else ""),
+        "fit_seed": args.fit_seed,
         "design": args.design,
         "class": cls.__name__,
         "ctor": ctor | {"latent_dim": latent},
@@ -350,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         "--design", default="prior", help="training parameters: prior, arcsine or mixK (K%% arcsine rows)"
     )
     parser.add_argument("--num-samples", type=int, default=1000, help="outputs per theta for P(k)")
+    parser.add_argument("--fit-seed", type=int, default=0, help="the emulator's fit seed (the data stay fixed)")
     parser.add_argument("--out", default=str(ROOT / "results" / "screen_emulators.jsonl"))
     parser.add_argument("--save-dir", default=None, help="write each fitted emulator here")
     parser.add_argument("--report", nargs="*", help="print the table of these result files and exit")

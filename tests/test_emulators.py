@@ -545,18 +545,22 @@ def _check_pca_basis(emu, patterns: torch.Tensor, means: torch.Tensor, tmp_path)
     np.testing.assert_array_equal(loaded.simulate(theta_new, seed=3), emu.simulate(theta_new, seed=3))
 
 
-def test_cvae_pca_decoder_basis_and_span(tmp_path) -> None:
+@pytest.mark.parametrize("amplitude_head", [False, True])
+def test_cvae_pca_decoder_basis_and_span(tmp_path, amplitude_head: bool) -> None:
     """decoder="pca": an orthonormal basis from the training images, means in its span, saved with the model."""
     gen = torch.Generator().manual_seed(1)
     theta, x, patterns = _two_pattern_images(gen)
-    emu = ConditionalVAE(2, hidden_features=16, channels=(4,), decoder="pca", num_components=5)
+    emu = ConditionalVAE(
+        2, hidden_features=16, channels=(4,), decoder="pca", num_components=5, amplitude_head=amplitude_head
+    )
     emu.fit(theta, x, seed=0, max_epochs=3, device="cpu", progress=False)
     z = torch.randn(20, 2, generator=gen)
     ts = emu.standardize_theta(torch.rand(20, 2, generator=gen))
     with torch.no_grad():
         means = emu._decode(z, ts)
     _check_pca_basis(emu, patterns, means, tmp_path)
-    assert load_emulator(tmp_path / "pca.pt").decoder_kind == "pca"
+    loaded = load_emulator(tmp_path / "pca.pt")
+    assert loaded.decoder_kind == "pca" and loaded.amplitude_head == amplitude_head
     with pytest.raises(ValueError, match="num_components must be"):
         ConditionalVAE(2, decoder="pca", num_components=0)
 
@@ -577,3 +581,30 @@ def test_wgan_pca_generator_basis_and_span(tmp_path) -> None:
     assert load_emulator(tmp_path / "pca.pt").generator_kind == "pca"
     with pytest.raises(ValueError, match="num_components must be"):
         ConditionalWGAN(2, generator="pca", num_components=0)
+
+
+def test_cvae_amplitude_head_is_a_plus_exp_s_times_b() -> None:
+    """amplitude_head=True: the decoder MLP gives 2 q + 1 numbers per row, combined as a + exp(s) b."""
+    gen = torch.Generator().manual_seed(0)
+    emu = ConditionalVAE(3, hidden_features=8, amplitude_head=True, x_shape=(4,), theta_dim=2)
+    last = [m for m in emu.decoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert last.out_features == 2 * 4 + 1
+    z, ts = torch.randn(6, 3, generator=gen), torch.randn(6, 2, generator=gen)
+    with torch.no_grad():
+        raw = emu.decoder(torch.cat([z, ts], dim=1))
+        expected = raw[:, :4] + torch.exp(raw[:, 8:]) * raw[:, 4:8]
+        torch.testing.assert_close(emu._decode(z, ts), expected)
+        # a large s is clamped at 20 rather than overflowing
+        last.bias[8] = 1e4
+        assert torch.isfinite(emu._decode(z, ts)).all()
+    plain = ConditionalVAE(3, hidden_features=8, x_shape=(4,), theta_dim=2)
+    assert [m for m in plain.decoder.modules() if isinstance(m, torch.nn.Linear)][-1].out_features == 4
+    # it fits like the plain decoder (finite losses, the config round trip)
+    theta = torch.rand(200, 2, generator=gen)
+    x = torch.exp(2 * theta[:, :1]) * torch.ones(200, 4) + 0.1 * torch.randn(200, 4, generator=gen)
+    fitted = ConditionalVAE(3, hidden_features=8, amplitude_head=True).fit(
+        theta, x, seed=0, max_epochs=2, device="cpu", progress=False
+    )
+    assert np.isfinite(fitted.history.best_val_loss) and fitted.get_config()["amplitude_head"] is True
+    with pytest.raises(ValueError, match="amplitude_head needs an MLP decoder"):
+        ConditionalVAE(2, decoder="conv", amplitude_head=True)
