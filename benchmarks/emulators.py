@@ -12,6 +12,7 @@ Task ``sersic`` (32 x 32 galaxy, 5 parameters; or ``grf``). Steps, all seeded:
    hidden units, ``latent_dim`` 8 and, by default here, ``decoder="pca"`` with 64 components
    (``--cvae-decoder``, ``--num-components``; chosen by ``benchmarks/screen_emulators.py``);
    the first recorded run (2026-12-01) used ``--cvae-decoder mlp``, the library default.
+   ``--cvae-amplitude-head`` builds it with ``amplitude_head=True``;
    ``--cvae-schedule cosine`` switches its learning-rate schedule (then pass a large
    ``--patience`` to use the whole ``--max-epochs`` budget).
 3. A :class:`sbikit.compressors.Regression` CNN is fitted on the REAL training set (seed 0);
@@ -97,7 +98,9 @@ def build_emulator(name: str, prior: Any, args: argparse.Namespace) -> Any:
         "prior": prior,
     }
     if name == "cvae":
-        return ConditionalVAE(args.latent_dim, decoder=args.cvae_decoder, **common)
+        return ConditionalVAE(
+            args.latent_dim, decoder=args.cvae_decoder, amplitude_head=args.cvae_amplitude_head, **common
+        )
     return ConditionalWGAN(args.latent_dim, generator=args.wgan_generator, **common)
 
 
@@ -275,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-components", type=int, default=64, help="basis size (CVAE decoder / WGAN generator pca)")
     parser.add_argument("--wgan-generator", choices=("mlp", "pca", "conv"), default="mlp")
     parser.add_argument("--cvae-schedule", choices=("plateau", "cosine"), default="plateau")
+    parser.add_argument("--cvae-amplitude-head", action="store_true", help="ConditionalVAE(amplitude_head=True)")
     parser.add_argument("--wgan-learning-rate", type=float, default=1e-3)
     parser.add_argument("--edge-fraction", type=float, default=0.0, help="emulators' training design (0: prior draws)")
     parser.add_argument("--npe-max-epochs", type=int, default=None)
