@@ -3,7 +3,8 @@
 ``benchmarks/emulators.py`` checks the power-spectrum ratio at 8 parameters drawn from the
 prior; this script fits the same CVAE (5,000 sersic simulations, seeds 0/1, fit seed 0, the
 parameters drawn from the prior, or with ``--edge-fraction f`` from
-``edge_weighted_design(prior, 5000, edge_fraction=f, seed=0)``,
+``edge_weighted_design(prior, 5000, edge_fraction=f, seed=0)``; ``--amplitude-head`` for
+``amplitude_head=True``,
 256 hidden units, latent 8, ``decoder="pca"`` with 64 components) and checks every k-bin
 (``FidelityReport.power_within(0.05, 2)``) at ``--num-theta`` fresh prior draws (seed 30),
 ``--num-samples`` outputs each, reporting the share of draws where every bin agrees, and
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--num-theta", type=int, default=40)
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--edge-fraction", type=float, default=0.0, help="training design (0: prior draws)")
+    parser.add_argument("--amplitude-head", action="store_true", help="ConditionalVAE(amplitude_head=True)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -53,7 +55,9 @@ def main() -> None:
         theta = sim.prior.sample(args.num_train, seed=0)
     x = sim.simulate(theta.double().numpy(), seed=1)
     start = time.process_time()
-    emu = ConditionalVAE(8, hidden_features=256, decoder="pca", num_components=64, prior=sim.prior)
+    emu = ConditionalVAE(
+        8, hidden_features=256, decoder="pca", num_components=64, amplitude_head=args.amplitude_head, prior=sim.prior
+    )
     emu.fit(theta, x, seed=0, device="cpu", progress=False)
     fit_cpu = time.process_time() - start
     theta_test = sim.prior.sample(args.num_theta, seed=30)
@@ -66,6 +70,7 @@ def main() -> None:
     result = {
         "num_theta": args.num_theta,
         "edge_fraction": args.edge_fraction,
+        "amplitude_head": args.amplitude_head,
         "num_samples": args.num_samples,
         "fit_cpu_s": fit_cpu,
         "epochs": emu.history.epochs,
