@@ -35,6 +35,7 @@ __all__ = [
     "as_prior",
     "prior_from_config",
     "make_generator",
+    "strictly_inside",
 ]
 
 _DTYPE = torch.float32
@@ -47,6 +48,16 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     gen.manual_seed(int(seed))
     return gen
+
+
+def strictly_inside(theta: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """``theta`` ``(..., d)`` with every value clamped to ``[nextafter(low, high), nextafter(high, low)]``.
+
+    Draws and maps into a box can land exactly on a bound (``torch.rand`` returns 0 about once
+    in 2^24 draws; float32 rounding of a sigmoid); this keeps them strictly inside, in
+    ``theta``'s dtype. ``low`` and ``high`` are ``(d,)`` in that dtype and on that device.
+    """
+    return torch.minimum(torch.maximum(theta, torch.nextafter(low, high)), torch.nextafter(high, low))
 
 
 def _as_tensor(value: Any, dtype: torch.dtype = _DTYPE) -> Tensor:
@@ -78,9 +89,7 @@ class Prior:
     high: Tensor
 
     # -- sampling ---------------------------------------------------------------
-    def sample(
-        self, n: int, seed: int | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def sample(self, n: int, seed: int | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` parameter vectors.
 
         Args:
@@ -177,8 +186,7 @@ class BoxUniform(Prior):
         self.high = _vector(high, "high")
         if self.low.shape != self.high.shape:
             raise ValueError(
-                f"low and high must have the same shape, got {tuple(self.low.shape)} "
-                f"and {tuple(self.high.shape)}"
+                f"low and high must have the same shape, got {tuple(self.low.shape)} and {tuple(self.high.shape)}"
             )
         if not bool((self.high > self.low).all()):
             raise ValueError(f"need low < high everywhere, got low={self.low.tolist()}, high={self.high.tolist()}")
@@ -188,9 +196,7 @@ class BoxUniform(Prior):
     def _sample(self, n: int, gen: torch.Generator) -> Tensor:
         u = torch.rand(n, self.dim, generator=gen, dtype=_DTYPE)
         theta = self.low + (self.high - self.low) * u
-        # torch.rand can return exactly 0 (about once in 2^24 draws): keep samples strictly inside.
-        inner_low, inner_high = torch.nextafter(self.low, self.high), torch.nextafter(self.high, self.low)
-        return torch.minimum(torch.maximum(theta, inner_low), inner_high)
+        return strictly_inside(theta, self.low, self.high)
 
     def log_prob(self, theta: Tensor) -> Tensor:
         theta = self._check(theta)
@@ -206,8 +212,7 @@ class BoxUniform(Prior):
     def from_unconstrained(self, u: Tensor) -> Tensor:
         low, high = self.low.to(u), self.high.to(u)
         theta = low + (high - low) * torch.sigmoid(u)
-        # Rounding can land exactly on a bound in float32; keep samples strictly inside.
-        return torch.minimum(torch.maximum(theta, torch.nextafter(low, high)), torch.nextafter(high, low))
+        return strictly_inside(theta, low, high)
 
     def log_abs_det_jacobian(self, u: Tensor) -> Tensor:
         width = (self.high - self.low).to(u)
@@ -273,7 +278,7 @@ class Gaussian(Prior):
 
     def log_prob(self, theta: Tensor) -> Tensor:
         theta = self._check(theta)
-        diff = (theta.double() - self.mean.double().to(theta.device))
+        diff = theta.double() - self.mean.double().to(theta.device)
         maha = torch.einsum("...i,ij,...j->...", diff, self._prec64.to(theta.device), diff)
         return (self._log_norm - 0.5 * maha).to(theta.dtype)
 

@@ -398,11 +398,9 @@ def simulate(
     np.dtype(dtype)  # raises TypeError for an unknown dtype
 
     sim = _resolve(simulator, kwargs_json)
-    ef = float(edge_fraction)
-    if ef > 0 or not 0.0 <= ef <= 1.0:
-        from sbikit.emulators.design import edge_weighted_design
+    from sbikit.emulators.design import check_edge_fraction
 
-        edge_weighted_design(sim.prior, 1, edge_fraction=ef, seed=0)  # raises for a bad fraction or prior
+    ef = 0.0 if edge_fraction == 0 else check_edge_fraction(sim.prior, edge_fraction)  # any prior for 0
     identity = _simulator_identity(sim)
     num_chunks = math.ceil(n / cs)
     theta_dim = int(sim.prior.dim) if hasattr(sim.prior, "dim") else int(_chunk_theta(sim, 1, 0).shape[1])

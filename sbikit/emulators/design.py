@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sbikit.priors import make_generator
+from sbikit.priors import make_generator, strictly_inside
 
-__all__ = ["edge_weighted_design"]
+__all__ = ["check_edge_fraction", "edge_weighted_design"]
 
 
 def edge_weighted_design(prior: Any, num: int, *, edge_fraction: float = 0.5, seed: int | None = None) -> Tensor:
@@ -58,6 +58,26 @@ def edge_weighted_design(prior: Any, num: int, *, edge_fraction: float = 0.5, se
     """
     if int(num) != num or num < 0:
         raise ValueError(f"num must be a non-negative integer, got {num}")
+    fraction = check_edge_fraction(prior, edge_fraction)
+    low = torch.as_tensor(prior.low, dtype=torch.float32).reshape(-1)
+    high = torch.as_tensor(prior.high, dtype=torch.float32).reshape(-1)
+    num = int(num)
+    gen = make_generator(seed)
+    num_edge = int(round(fraction * num))
+    v = torch.rand(num_edge, len(low), generator=gen, dtype=torch.float32)
+    edge = low + (high - low) * torch.sin(0.5 * math.pi * v) ** 2
+    rows = torch.cat([edge, prior.sample(num - num_edge, generator=gen).to(torch.float32).reshape(-1, len(low))])
+    rows = rows[torch.randperm(num, generator=gen)]
+    return strictly_inside(rows, low, high)
+
+
+def check_edge_fraction(prior: Any, edge_fraction: Any) -> float:
+    """``edge_fraction`` as a float after checking it and the prior (what :func:`edge_weighted_design` needs).
+
+    Raises:
+        ValueError: ``edge_fraction`` not a number in ``[0, 1]``, or a coordinate of the prior
+            without finite bounds (named).
+    """
     if not (isinstance(edge_fraction, numbers.Real) and 0.0 <= float(edge_fraction) <= 1.0):
         raise ValueError(f"edge_fraction must be a number in [0, 1], got {edge_fraction!r}")
     low = torch.as_tensor(prior.low, dtype=torch.float32).reshape(-1)
@@ -69,12 +89,4 @@ def edge_weighted_design(prior: Any, num: int, *, edge_fraction: float = 0.5, se
             f"{type(prior).__name__} are unbounded (low={low.tolist()}, high={high.tolist()}): "
             "draw the training set from the prior (or a wider proposal) instead"
         )
-    num = int(num)
-    gen = make_generator(seed)
-    num_edge = int(round(float(edge_fraction) * num))
-    v = torch.rand(num_edge, len(low), generator=gen, dtype=torch.float32)
-    edge = low + (high - low) * torch.sin(0.5 * math.pi * v) ** 2
-    rows = torch.cat([edge, prior.sample(num - num_edge, generator=gen).to(torch.float32).reshape(-1, len(low))])
-    rows = rows[torch.randperm(num, generator=gen)]
-    inner_low, inner_high = torch.nextafter(low, high), torch.nextafter(high, low)
-    return torch.minimum(torch.maximum(rows, inner_low), inner_high)
+    return float(edge_fraction)
