@@ -4,7 +4,8 @@ Task ``sersic`` (32 x 32 galaxy, 5 parameters; or ``grf``). Steps, all seeded:
 
 1. Training set: ``theta = prior.sample(n_train, seed=0)``, ``x = simulate(theta, seed=1)``;
    with ``--edge-fraction f > 0`` the emulators' training parameters are instead
-   ``edge_weighted_design(prior, n_train, edge_fraction=f, seed=0)`` (a share ``f`` pushed
+   ``edge_weighted_design(prior, n_train, edge_fraction=f, concentration=c, seed=0)`` (``c``:
+   ``--edge-concentration``, 0.5 unless given, the law of the runs before it existed; a share ``f`` pushed
    toward the prior's bounds; :mod:`sbikit.emulators.design`), simulated with seed 1. The
    compressor of step 3 is always fitted on the prior-drawn set.
 2. Each emulator (``cvae``: :class:`sbikit.emulators.ConditionalVAE`, ``wgan``:
@@ -133,6 +134,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         "size": args.size,
         "num_train": args.num_train,
         "edge_fraction": args.edge_fraction,
+        "edge_concentration": args.edge_concentration,
         "quick": args.quick,
         **machine(),
     }
@@ -148,7 +150,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     theta = prior.sample(args.num_train, seed=0)
     x = np.asarray(sim.simulate(theta.double().numpy(), seed=1))
     if args.edge_fraction > 0:
-        theta_emu = edge_weighted_design(prior, args.num_train, edge_fraction=args.edge_fraction, seed=0)
+        theta_emu = edge_weighted_design(
+            prior, args.num_train, edge_fraction=args.edge_fraction, concentration=args.edge_concentration, seed=0
+        )
         x_emu = np.asarray(sim.simulate(theta_emu.double().numpy(), seed=1))
     else:
         theta_emu, x_emu = theta, x
@@ -281,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cvae-amplitude-head", action="store_true", help="ConditionalVAE(amplitude_head=True)")
     parser.add_argument("--wgan-learning-rate", type=float, default=1e-3)
     parser.add_argument("--edge-fraction", type=float, default=0.0, help="emulators' training design (0: prior draws)")
+    parser.add_argument(
+        "--edge-concentration", type=float, default=0.5, help="Beta(c, c) shape of the design's edge rows"
+    )
     parser.add_argument("--npe-max-epochs", type=int, default=None)
     parser.add_argument("--npe-floor", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--device", default="cpu")

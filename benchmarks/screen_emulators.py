@@ -152,6 +152,41 @@ class AmplitudeCVAE(ConditionalVAE):
         return self._from_pca(coef)
 
 
+class LogIndexCVAE(ConditionalVAE):
+    """``sersic_n`` (coordinate 2) enters the networks as ``log n`` (screening).
+
+    A Sersic profile depends on the index through ``(r / r_e) ** (1 / n)``, whose derivative
+    in ``n`` carries a factor ``1 / n ** 2``: the image changes 64x faster per unit of ``n`` at
+    ``n = 0.5`` than at ``n = 4``, so a linear standardisation of ``n`` asks the MLP for a
+    steep function at one face of the box. In ``log n`` the factor is ``1 / n``.
+    """
+
+    warp_index = 2
+
+    def _warp(self, theta: Tensor) -> Tensor:
+        out = theta.clone()
+        out[:, self.warp_index] = self._warp_column(theta[:, self.warp_index])
+        return out
+
+    @staticmethod
+    def _warp_column(col: Tensor) -> Tensor:
+        return torch.log(col)
+
+    def _set_standardization(self, th: Tensor, xt: Tensor) -> None:
+        super()._set_standardization(self._warp(th), xt)
+
+    def standardize_theta(self, theta: Tensor) -> Tensor:
+        return super().standardize_theta(self._warp(theta))
+
+
+class InverseIndexCVAE(LogIndexCVAE):
+    """``sersic_n`` enters as ``1 / n``: ``(r / r_e) ** (1 / n)`` then has a derivative free of ``n`` (screening)."""
+
+    @staticmethod
+    def _warp_column(col: Tensor) -> Tensor:
+        return 1.0 / col
+
+
 # name -> (constructor kwargs, fit kwargs, class)
 CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], type]] = {
     "base": ({"hidden_features": 256}, {}, ConditionalVAE),
@@ -183,6 +218,8 @@ CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], type]] = {
     "amp_pca64": ({"hidden_features": 256, "decoder": "pca"}, {}, AmplitudeCVAE),
     # the library's amplitude_head=True (the same map, clamped; its own initialisation order)
     "lib_amp_pca64": ({"hidden_features": 256, "decoder": "pca", "amplitude_head": True}, {}, ConditionalVAE),
+    "logn_amp_pca64": ({"hidden_features": 256, "decoder": "pca", "amplitude_head": True}, {}, LogIndexCVAE),
+    "invn_amp_pca64": ({"hidden_features": 256, "decoder": "pca", "amplitude_head": True}, {}, InverseIndexCVAE),
     "zfree_lib_pca32": ({"hidden_features": 256, "decoder": "pca", "num_components": 32}, {}, ZFreeCVAE),
     "zfree_lib_pca128": ({"hidden_features": 256, "decoder": "pca", "num_components": 128}, {}, ZFreeCVAE),
     "zfree_lib_pca64_h128": ({"hidden_features": 128, "decoder": "pca"}, {}, ZFreeCVAE),
@@ -207,14 +244,33 @@ CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], type]] = {
 }
 
 
-def training_design(prior: Any, num: int, design: str) -> Tensor:
+def training_design(prior: Any, num: int, design: str, concentration: float = 0.5) -> Tensor:
     """Training parameters ``(num, 5)``: ``"prior"`` (the benchmark's ``prior.sample(num, seed=0)``),
     ``"arcsine"`` or ``"mixK"``: :func:`sbikit.emulators.edge_weighted_design` with
-    ``edge_fraction`` 1 or ``K / 100`` (seed 0)."""
+    ``edge_fraction`` 1 or ``K / 100`` and ``concentration`` (seed 0; ``--concentration``, 0.5
+    unless given: the arcsine law of the records made before it existed)."""
     if design == "prior":
         return prior.sample(num, seed=0)
+    if design.startswith("beta"):
+        return beta_design(prior, num, design)
     share = 1.0 if design == "arcsine" else int(design.removeprefix("mix")) / 100
-    return edge_weighted_design(prior, num, edge_fraction=share, seed=0)
+    return edge_weighted_design(prior, num, edge_fraction=share, concentration=concentration, seed=0)
+
+
+def beta_design(prior: Any, num: int, design: str) -> Tensor:
+    """``"betaA_mixK"``: ``K``% of the rows with every coordinate from ``Beta(A, A)`` on its range,
+    the rest prior draws, shuffled (seed 0). ``A = 0.5`` is the arcsine law of
+    :func:`~sbikit.emulators.edge_weighted_design`; smaller ``A`` crowds the rows toward the
+    box's vertices (a screening design, not in the library)."""
+    a_text, k_text = design.removeprefix("beta").split("_mix")
+    a, share = float(a_text), int(k_text) / 100
+    rng = np.random.default_rng(0)
+    low, high = prior.low.double().numpy(), prior.high.double().numpy()
+    n_edge = int(round(share * num))
+    u = rng.beta(a, a, size=(n_edge, len(low)))
+    edge = low + np.clip(u, 1e-6, 1 - 1e-6) * (high - low)
+    rows = np.concatenate([edge, prior.sample(num - n_edge, seed=0).double().numpy()])
+    return torch.as_tensor(rows[rng.permutation(num)], dtype=torch.float32)
 
 
 def corners(prior: Any) -> np.ndarray:
@@ -223,6 +279,15 @@ def corners(prior: Any) -> np.ndarray:
     lo, hi = low + 0.01 * (high - low), high - 0.01 * (high - low)
     pick = [(0, 1, 1, 1, 1), (1, 1, 0, 0, 1), (0, 0, 1, 0, 0), (1, 0, 0, 1, 0)]
     return np.array([[hi[j] if p[j] else lo[j] for j in range(len(lo))] for p in pick])
+
+
+def vertices(prior: Any) -> np.ndarray:
+    """All ``2 ** d`` vertices of the prior box, 1% of each range inside ``(2 ** d, d)``; row ``i``
+    takes the upper end of coordinate ``j`` when bit ``j`` of ``i`` is set."""
+    low, high = prior.low.double().numpy(), prior.high.double().numpy()
+    lo, hi = low + 0.01 * (high - low), high - 0.01 * (high - low)
+    d = len(lo)
+    return np.array([[hi[j] if (i >> j) & 1 else lo[j] for j in range(d)] for i in range(2**d)])
 
 
 def power_ratio(emu: Any, sim: Any, theta: np.ndarray, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -273,7 +338,7 @@ def mean_image_errors(emu: Any, sim: Any, theta: np.ndarray, num_z: int = 16) ->
 def screen(name: str, args: argparse.Namespace) -> dict[str, Any]:
     sim = simulators.get("sersic", size=32)
     prior = sim.prior
-    theta = training_design(prior, args.num_train, args.design)
+    theta = training_design(prior, args.num_train, args.design, args.concentration)
     x = np.asarray(sim.simulate(theta.double().numpy(), seed=1))
     ctor, fit_kw, cls = CONFIGS[name]
     ctor = dict(ctor)
@@ -292,6 +357,7 @@ def screen(name: str, args: argparse.Namespace) -> dict[str, Any]:
     hold = prior.sample(500, seed=20).double().numpy()
     rec: dict[str, Any] = {
         "config": (name if args.design == "prior" else f"{name}+{args.design}")
+        + (f"c{args.concentration:g}" if args.concentration != 0.5 else "")
         + (f"+seed{args.fit_seed}" if args.fit_seed else ""),
         "fit_seed": args.fit_seed,
         "design": args.design,
@@ -324,14 +390,25 @@ def screen(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "pk_ratio": ratio.tolist(),
         "pk_err": err.tolist(),
     }
+    if args.vertices:
+        v_ratio, v_err = power_ratio(emu, sim, vertices(prior), args.num_samples)
+        v_within = np.abs(v_ratio - 1) <= 0.05 + 2 * v_err
+        rec |= {
+            "pk_within_vertices": int(v_within.sum()),
+            "pk_vertices_all_bins": int(v_within.all(1).sum()),
+            "num_vertices": int(v_ratio.shape[0]),
+            "pk_max_dev_vertices": float(np.abs(v_ratio - 1).max()),
+            "pk_vertex_max_dev": np.abs(v_ratio - 1).max(1).tolist(),
+        }
     return rec
 
 
 def report(recs: list[dict[str, Any]]) -> str:
     lines = [
         "| config | epochs | fit CPU s | best val | chi2_bias mean / p95 / max (train mean) | chi2_z "
-        "| s/sigma mean (min-max) | KL proxy | P(k) within: bench 8 / corners 4 | max dev bench / corners |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| s/sigma mean (min-max) | KL proxy | P(k) within: bench 8 / corners 4 | max dev bench / corners "
+        "| vertices: bins within / vertices with every bin / max dev |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in recs:
         b = r["pk_bins_per_theta"]
@@ -341,7 +418,13 @@ def report(recs: list[dict[str, Any]]) -> str:
             f"| {r['chi2_bias_mean']:.3f} / {r['chi2_bias_p95']:.3f} / {r['chi2_bias_max']:.2f} ({train:.2f}) "
             f"| {r['chi2_z_mean']:.3f} | {r['noise_ratio_mean']:.3f} ({r['noise_ratio_min']:.3f}-"
             f"{r['noise_ratio_max']:.3f}) | {r['kl_proxy_mean']:.3f} | {r['pk_within_bench8']}/{8 * b} / "
-            f"{r['pk_within_corners']}/{4 * b} | {r['pk_max_dev_bench8']:.3f} / {r['pk_max_dev_corners']:.3f} |"
+            f"{r['pk_within_corners']}/{4 * b} | {r['pk_max_dev_bench8']:.3f} / {r['pk_max_dev_corners']:.3f} | "
+            + (
+                f"{r['pk_within_vertices']}/{r['num_vertices'] * b} / {r['pk_vertices_all_bins']}/{r['num_vertices']}"
+                f" / {r['pk_max_dev_vertices']:.3f} |"
+                if "pk_within_vertices" in r
+                else "- |"
+            )
         )
     return "\n".join(lines)
 
@@ -351,9 +434,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", nargs="+", choices=sorted(CONFIGS), default=["base"])
     parser.add_argument("--num-train", type=int, default=5000)
     parser.add_argument(
-        "--design", default="prior", help="training parameters: prior, arcsine or mixK (K%% arcsine rows)"
+        "--design",
+        default="prior",
+        help="training parameters: prior, arcsine, mixK (K%% arcsine rows) or betaA_mixK (K%% rows on Beta(A, A))",
     )
     parser.add_argument("--num-samples", type=int, default=1000, help="outputs per theta for P(k)")
+    parser.add_argument(
+        "--vertices", action="store_true", help="also check P(k) at all 2^d vertices of the box (1%% inside)"
+    )
+    parser.add_argument(
+        "--concentration", type=float, default=0.5, help="Beta(c, c) shape of the library design's rows (mixK, arcsine)"
+    )
     parser.add_argument("--fit-seed", type=int, default=0, help="the emulator's fit seed (the data stay fixed)")
     parser.add_argument("--out", default=str(ROOT / "results" / "screen_emulators.jsonl"))
     parser.add_argument("--save-dir", default=None, help="write each fitted emulator here")

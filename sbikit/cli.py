@@ -20,8 +20,9 @@ the posterior and writes into the output folder:
   ``comparison.md``, and both posteriors with the truth in ``overlay.png``.
 
 ``sbikit simulate SIMULATOR -n NUM [--store sims.zarr] [--chunk-size ROWS] [--workers K]
-[--scheduler tcp://host:port] [--seed S] [--edge-fraction F]`` simulates into a resumable zarr store
-(:func:`sbikit.simulate`); rerunning it completes an interrupted store.
+[--scheduler tcp://host:port] [--seed S] [--edge-fraction F] [--edge-concentration C]``
+simulates into a resumable zarr store (:func:`sbikit.simulate`); rerunning it completes an
+interrupted store.
 
 ``sbikit simulators`` lists the bundled simulators. ``python -m sbikit`` is the same as
 ``sbikit``. Exit codes: 0 on success, 2 for a bad command line or configuration (with a
@@ -455,6 +456,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="F",
         help="share of rows drawn toward the prior's bounds, for an emulator's training set (default: 0, prior)",
     )
+    p_sim.add_argument(
+        "--edge-concentration",
+        type=float,
+        default=None,
+        metavar="C",
+        help="Beta(C, C) shape of those rows (default: sbikit.emulators.design.DEFAULT_CONCENTRATION, 0.2)",
+    )
     p_sim.add_argument("--quiet", action="store_true", help="only warnings and errors, no progress bar")
     return parser
 
@@ -482,6 +490,7 @@ def _simulate_command(args: argparse.Namespace) -> int:
             simulator_kwargs=kwargs,
             dtype=args.dtype,
             edge_fraction=args.edge_fraction,
+            edge_concentration=args.edge_concentration,
             progress=not args.quiet,
         )
     except (ValueError, KeyError, ImportError, TypeError) as err:

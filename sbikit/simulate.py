@@ -92,11 +92,17 @@ def _resolve(spec: Any, kwargs_json: str) -> Any:
     return _build_named(spec, kwargs_json) if isinstance(spec, str) else spec
 
 
-def _chunk_theta(sim: Any, num_rows: int, prior_seed: int, edge_fraction: float = 0.0) -> np.ndarray:
+def _chunk_theta(
+    sim: Any, num_rows: int, prior_seed: int, edge_fraction: float = 0.0, edge_concentration: float | None = None
+) -> np.ndarray:
     if edge_fraction > 0:
-        from sbikit.emulators.design import edge_weighted_design
+        from sbikit.emulators.design import ARCSINE, edge_weighted_design
 
-        theta = edge_weighted_design(sim.prior, num_rows, edge_fraction=edge_fraction, seed=prior_seed)
+        # stores written before the shape was recorded used the arcsine law
+        shape = ARCSINE if edge_concentration is None else edge_concentration
+        theta = edge_weighted_design(
+            sim.prior, num_rows, edge_fraction=edge_fraction, concentration=shape, seed=prior_seed
+        )
     else:
         theta = sim.prior.sample(num_rows, seed=prior_seed)
     if hasattr(theta, "detach"):
@@ -125,7 +131,15 @@ class ChunkResult:
 
 
 def simulate_chunk(
-    spec: Any, kwargs_json: str, seed: int, index: int, start: int, stop: int, *, edge_fraction: float = 0.0
+    spec: Any,
+    kwargs_json: str,
+    seed: int,
+    index: int,
+    start: int,
+    stop: int,
+    *,
+    edge_fraction: float = 0.0,
+    edge_concentration: float | None = None,
 ) -> ChunkResult:
     """Simulate chunk ``index`` (rows ``start:stop``) of a run; runs on a worker.
 
@@ -138,6 +152,7 @@ def simulate_chunk(
         stop: one past the last row.
         edge_fraction: share of the chunk's rows from
             :func:`sbikit.emulators.edge_weighted_design` (0: prior draws).
+        edge_concentration: that design's ``concentration`` (``None``: the arcsine law 0.5).
 
     Returns:
         A :class:`ChunkResult`; exceptions raised by the simulator are caught and returned.
@@ -145,7 +160,7 @@ def simulate_chunk(
     began = time.perf_counter()
     sim = _resolve(spec, kwargs_json)
     prior_seed, noise_seed = chunk_seeds(seed, index)
-    theta = _chunk_theta(sim, stop - start, prior_seed, edge_fraction)
+    theta = _chunk_theta(sim, stop - start, prior_seed, edge_fraction, edge_concentration)
     try:
         x = sim.simulate(theta.astype(np.float64), seed=noise_seed)
         if hasattr(x, "detach"):
@@ -189,9 +204,22 @@ def _open_or_create(
     else:
         if record["seed"] is None:
             record["seed"] = old.get("seed")
-        keys = ("simulator", "simulator_kwargs", "num_simulations", "chunk_size", "seed", "dtype", "edge_fraction")
-        # stores written before a key existed hold its default
-        defaults = {"edge_fraction": 0.0}
+        keys = (
+            "simulator",
+            "simulator_kwargs",
+            "num_simulations",
+            "chunk_size",
+            "seed",
+            "dtype",
+            "edge_fraction",
+            "edge_concentration",
+        )
+        # stores written before a key existed hold its default: prior draws, and the arcsine
+        # law for a design (the only one before its shape was a parameter)
+        defaults: dict[str, Any] = {
+            "edge_fraction": 0.0,
+            "edge_concentration": 0.5 if float(old.get("edge_fraction", 0.0) or 0.0) > 0 else None,
+        }
         diff = [
             f"{k}: store has {old.get(k, defaults.get(k))!r}, this call {record[k]!r}"
             for k in keys
@@ -217,6 +245,7 @@ def _open_or_create(
         )
         # on the array itself, so that an estimator given only store.theta can tell (NPE refuses a design)
         group["theta"].attrs["edge_fraction"] = float(record.get("edge_fraction", 0.0))
+        group["theta"].attrs["edge_concentration"] = record.get("edge_concentration")
     elif int(group["theta"].shape[1]) != theta_dim:
         raise ValueError(f"store theta has {group['theta'].shape[1]} columns, the prior {theta_dim}")
     if "chunk_status" not in group:
@@ -338,6 +367,7 @@ def simulate(
     simulator_kwargs: dict[str, Any] | None = None,
     dtype: str = "float32",
     edge_fraction: float = 0.0,
+    edge_concentration: float | None = None,
     progress: bool = True,
 ) -> SimulationStore:
     """Simulate ``num_simulations`` data sets into a resumable zarr store.
@@ -364,6 +394,10 @@ def simulate(
             which learns ``x | theta`` and gains from rows near the box's faces. Never for
             NPE, whose target depends on ``theta`` being prior draws. Needs a prior with
             finite bounds; recorded in the store.
+        edge_concentration: the design's ``concentration`` (the ``Beta(c, c)`` shape of its
+            edge rows); ``None`` takes :data:`sbikit.emulators.design.DEFAULT_CONCENTRATION`.
+            Recorded in the store (stores written before it resume with the arcsine law, 0.5,
+            which they used); ignored when ``edge_fraction`` is 0.
         progress: show a tqdm progress bar (rows simulated).
 
     Returns:
@@ -373,9 +407,10 @@ def simulate(
     Raises:
         ValueError: for non-positive sizes, an existing store written by a different run
             (simulator, its arguments, ``num_simulations``, ``chunk_size``, ``seed``,
-            ``dtype`` or ``edge_fraction`` differ; the message lists what differs), a
-            simulator object together with ``simulator_kwargs``, or an ``edge_fraction``
-            outside ``[0, 1]`` or with a prior that is unbounded.
+            ``dtype``, ``edge_fraction`` or ``edge_concentration`` differ; the message lists
+            what differs), a simulator object together with ``simulator_kwargs``, an
+            ``edge_fraction`` outside ``[0, 1]`` or with a prior that is unbounded, or an
+            ``edge_concentration`` that is not a positive number.
     """
     n = int(num_simulations)
     if n < 1:
@@ -398,9 +433,12 @@ def simulate(
     np.dtype(dtype)  # raises TypeError for an unknown dtype
 
     sim = _resolve(simulator, kwargs_json)
-    from sbikit.emulators.design import check_edge_fraction
+    from sbikit.emulators.design import DEFAULT_CONCENTRATION, check_concentration, check_edge_fraction
 
     ef = 0.0 if edge_fraction == 0 else check_edge_fraction(sim.prior, edge_fraction)  # any prior for 0
+    if edge_concentration is not None:
+        check_concentration(edge_concentration)
+    ec = None if ef == 0 else float(DEFAULT_CONCENTRATION if edge_concentration is None else edge_concentration)
     identity = _simulator_identity(sim)
     num_chunks = math.ceil(n / cs)
     theta_dim = int(sim.prior.dim) if hasattr(sim.prior, "dim") else int(_chunk_theta(sim, 1, 0).shape[1])
@@ -413,6 +451,7 @@ def simulate(
         "seed": None if seed is None else int(seed),
         "dtype": str(np.dtype(dtype)),
         "edge_fraction": ef,
+        "edge_concentration": ec,
     }
     path = Path(store)
     group, record = _open_or_create(path, record, num_chunks=num_chunks, chunk_size=cs, theta_dim=theta_dim)
@@ -423,10 +462,11 @@ def simulate(
     logger.info("%s: %d of %d chunks to simulate (%d rows done)", path, len(tasks), num_chunks, done_rows)
 
     writer = _Writer(group, record)
-    fn = functools.partial(simulate_chunk, simulator, kwargs_json, run_seed, edge_fraction=ef)
+    ec = record.get("edge_concentration", 0.5 if ef > 0 else None)  # an old store's law
+    fn = functools.partial(simulate_chunk, simulator, kwargs_json, run_seed, edge_fraction=ef, edge_concentration=ec)
 
     def fallback(index: int, start: int, stop: int, *, error: str) -> ChunkResult:
-        theta = _chunk_theta(sim, stop - start, chunk_seeds(run_seed, index)[0], ef)
+        theta = _chunk_theta(sim, stop - start, chunk_seeds(run_seed, index)[0], ef, ec)
         return ChunkResult(index, theta, None, error, 0.0)
 
     began = time.perf_counter()

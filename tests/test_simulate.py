@@ -16,6 +16,7 @@ import pytest
 import sbikit
 import simulators
 from sbikit.cli import main
+from sbikit.emulators.design import DEFAULT_CONCENTRATION
 from sbikit.store import DONE, FAILED, PENDING
 
 zarr = pytest.importorskip("zarr")
@@ -229,6 +230,8 @@ def test_edge_fraction_draws_each_chunk_from_the_design(tmp_path):
     store = sbikit.simulate("two_moons", n, chunk_size=chunk, seed=SEED, edge_fraction=0.5, store=tmp_path / "e.zarr")
     prior_store = sbikit.simulate("two_moons", n, chunk_size=chunk, seed=SEED, store=tmp_path / "p.zarr")
     assert store.complete and store.run["edge_fraction"] == 0.5
+    assert store.run["edge_concentration"] == DEFAULT_CONCENTRATION and prior_store.run["edge_concentration"] is None
+    assert store.theta.attrs["edge_concentration"] == DEFAULT_CONCENTRATION
     for i in (0, 3):
         rows = store.chunk_rows(i)
         prior_seed, noise_seed = simulate_module.chunk_seeds(SEED, i)
@@ -236,9 +239,9 @@ def test_edge_fraction_draws_each_chunk_from_the_design(tmp_path):
         assert np.array_equal(store.theta[rows], theta)
         assert np.array_equal(store.x[rows], sim.simulate(theta.astype(np.float64), seed=noise_seed).astype(np.float32))
 
-    # The share of coordinates within 5% of a bound: 0.1 for prior draws, 0.1 + 0.5 * 0.187 for
-    # this design. Four binomial standard errors of the prior's share over 2 n coordinates are
-    # 0.019; the design's share has a standard error of about 0.0064 (rows of two kinds).
+    # The share of coordinates within 5% of a bound: 0.1 for prior draws, 0.1 + 0.5 * 0.48 for
+    # this design (its Beta(0.2, 0.2) edge rows: 0.58). Four binomial standard errors of the
+    # prior's share over 2 n coordinates are 0.019, far below the difference.
     def near(theta: np.ndarray) -> float:
         u = (theta + 1) / 2
         return float(((u < 0.05) | (u > 0.95)).mean())
@@ -258,6 +261,49 @@ def test_store_without_an_edge_fraction_record_resumes_as_prior_draws(tmp_path):
     assert sbikit.simulate("two_moons", 50, chunk_size=25, seed=3, store=path, progress=False).complete
     with pytest.raises(ValueError, match="edge_fraction: store has 0.0, this call 0.5"):
         sbikit.simulate("two_moons", 50, chunk_size=25, seed=3, store=path, edge_fraction=0.5, progress=False)
+
+
+def test_design_store_without_a_concentration_record_resumes_with_the_arcsine_law(tmp_path):
+    """Stores simulated before the design's shape was a parameter used the arcsine law (0.5)."""
+    from sbikit.emulators import edge_weighted_design
+
+    path = tmp_path / "old_design.zarr"
+    kw = {"chunk_size": 25, "seed": 3, "store": path, "progress": False, "edge_fraction": 0.5}
+    first = sbikit.simulate("two_moons", 50, edge_concentration=0.5, **kw)
+    group = zarr.open_group(str(path), mode="a")
+    record = dict(group.attrs["sbikit"])
+    del record["edge_concentration"]  # as written before the option existed
+    group.attrs["sbikit"] = record
+    status = group["chunk_status"]
+    status[1] = 0  # the second chunk is still to do
+    store = sbikit.simulate("two_moons", 50, edge_concentration=0.5, **kw)
+    assert store.complete and np.array_equal(store.theta[:], first.theta[:])
+    sim = simulators.get("two_moons")
+    prior_seed, _ = simulate_module.chunk_seeds(3, 1)
+    arcsine = edge_weighted_design(sim.prior, 25, edge_fraction=0.5, concentration=0.5, seed=prior_seed).numpy()
+    assert np.array_equal(store.theta[25:50], arcsine)
+    # the default shape is another law, so completing this store with it is refused
+    with pytest.raises(ValueError, match="edge_concentration: store has 0.5, this call 0.2"):
+        sbikit.simulate("two_moons", 50, **kw)
+
+
+def test_the_design_shape_is_part_of_the_run(tmp_path):
+    kw = {"chunk_size": 50, "seed": 1, "progress": False, "edge_fraction": 1.0}
+    a = sbikit.simulate("two_moons", 100, store=tmp_path / "a.zarr", edge_concentration=0.2, **kw)
+    b = sbikit.simulate("two_moons", 100, store=tmp_path / "b.zarr", edge_concentration=2.0, **kw)
+    assert a.run["edge_concentration"] == 0.2 and b.run["edge_concentration"] == 2.0
+    assert not np.array_equal(a.theta[:], b.theta[:])
+    # Beta(2, 2) keeps rows off the bounds, Beta(0.2, 0.2) crowds them there: share of the 200
+    # coordinates within 5% of a bound 0.014 against 0.58 (binomial s.e. <= 0.035)
+    near = [float((np.abs(s.theta[:]) > 0.9).mean()) for s in (a, b)]
+    assert near[0] > 0.4 and near[1] < 0.1
+    with pytest.raises(ValueError, match="edge_concentration: store has 0.2, this call 2.0"):
+        sbikit.simulate("two_moons", 100, store=tmp_path / "a.zarr", edge_concentration=2.0, **kw)
+    with pytest.raises(ValueError, match="concentration must be a finite number > 0"):
+        sbikit.simulate("two_moons", 10, store=tmp_path / "c.zarr", edge_concentration=0.0, **kw)
+    # with prior draws the shape plays no part and is not recorded
+    plain = sbikit.simulate("two_moons", 10, store=tmp_path / "d.zarr", edge_concentration=2.0, progress=False)
+    assert plain.run["edge_concentration"] is None
 
 
 def test_bad_arguments_raise(tmp_path):
@@ -310,6 +356,10 @@ def test_cli_simulate(reference, tmp_path, capsys):
     edge = tmp_path / "edge.zarr"
     assert main(["simulate", "two_moons", "-n", "20", "--quiet", "--store", str(edge), "--edge-fraction", "0.5"]) == 0
     assert sbikit.open_store(edge).run["edge_fraction"] == 0.5
+    shaped = tmp_path / "shaped.zarr"
+    argv = ["simulate", "two_moons", "-n", "20", "--quiet", "--store", str(shaped), "--edge-fraction", "0.5"]
+    assert main([*argv, "--edge-concentration", "0.5"]) == 0
+    assert sbikit.open_store(shaped).run["edge_concentration"] == 0.5
     capsys.readouterr()
     assert main(["simulate", "gaussian_linear", "-n", "10", "--kwargs", "[1]", "--store", str(tmp_path / "b")]) == 2
     assert "--kwargs must be a JSON object" in capsys.readouterr().err
