@@ -187,6 +187,25 @@ class InverseIndexCVAE(LogIndexCVAE):
         return 1.0 / col
 
 
+class TunedBasisCVAE(ConditionalVAE):
+    """``decoder="pca"`` whose basis is trained with the networks, starting from the PCA (screening).
+
+    A learned correction ``(m, D)`` (zero at the start) is added to the fixed principal
+    components: directions that only rare, bright training images have, lost in the noisy
+    PCA, can be learned from the likelihood, while the decoder keeps rank ``m``.
+    """
+
+    def _build(self) -> None:
+        super()._build()
+        assert self.x_shape is not None
+        self.basis_delta = torch.nn.Parameter(torch.zeros_like(self.pca_basis))
+
+    def _from_pca(self, coefficients: Tensor) -> Tensor:
+        assert self.x_shape is not None
+        basis = self.pca_basis + self.basis_delta
+        return (coefficients @ basis + self.pca_mean).reshape(coefficients.shape[0], *self.x_shape)
+
+
 # name -> (constructor kwargs, fit kwargs, class)
 CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], type]] = {
     "base": ({"hidden_features": 256}, {}, ConditionalVAE),
@@ -218,6 +237,7 @@ CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], type]] = {
     "amp_pca64": ({"hidden_features": 256, "decoder": "pca"}, {}, AmplitudeCVAE),
     # the library's amplitude_head=True (the same map, clamped; its own initialisation order)
     "lib_amp_pca64": ({"hidden_features": 256, "decoder": "pca", "amplitude_head": True}, {}, ConditionalVAE),
+    "tuned_amp_pca64": ({"hidden_features": 256, "decoder": "pca", "amplitude_head": True}, {}, TunedBasisCVAE),
     "logn_amp_pca64": ({"hidden_features": 256, "decoder": "pca", "amplitude_head": True}, {}, LogIndexCVAE),
     "invn_amp_pca64": ({"hidden_features": 256, "decoder": "pca", "amplitude_head": True}, {}, InverseIndexCVAE),
     "zfree_lib_pca32": ({"hidden_features": 256, "decoder": "pca", "num_components": 32}, {}, ZFreeCVAE),

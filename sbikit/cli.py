@@ -461,7 +461,7 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="C",
-        help="Beta(C, C) shape of those rows (default: sbikit.emulators.design.DEFAULT_CONCENTRATION, 0.2)",
+        help="Beta(C, C) shape of those rows (default: 0.5, the arcsine law)",
     )
     p_sim.add_argument("--quiet", action="store_true", help="only warnings and errors, no progress bar")
     return parser

@@ -124,7 +124,7 @@ def test_rows_are_shuffled_so_a_tail_split_holds_both_kinds() -> None:
     theta = edge_weighted_design(PRIOR, 20_000, edge_fraction=0.5, seed=5)
     assert _within(theta[:2000], 0.5) and _within(theta[-2000:], 0.5)
     # the default shape, which _within assumes, is the documented one
-    assert DEFAULT_CONCENTRATION == 0.2
+    assert DEFAULT_CONCENTRATION == 0.5
 
 
 def test_bad_arguments_are_named() -> None:

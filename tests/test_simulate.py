@@ -239,9 +239,9 @@ def test_edge_fraction_draws_each_chunk_from_the_design(tmp_path):
         assert np.array_equal(store.theta[rows], theta)
         assert np.array_equal(store.x[rows], sim.simulate(theta.astype(np.float64), seed=noise_seed).astype(np.float32))
 
-    # The share of coordinates within 5% of a bound: 0.1 for prior draws, 0.1 + 0.5 * 0.48 for
-    # this design (its Beta(0.2, 0.2) edge rows: 0.58). Four binomial standard errors of the
-    # prior's share over 2 n coordinates are 0.019, far below the difference.
+    # The share of coordinates within 5% of a bound: 0.1 for prior draws, 0.1 + 0.5 * 0.187 for
+    # this design (its arcsine edge rows: 0.287). Four binomial standard errors of the prior's
+    # share over 2 n coordinates are 0.019, well below the difference.
     def near(theta: np.ndarray) -> float:
         u = (theta + 1) / 2
         return float(((u < 0.05) | (u > 0.95)).mean())
@@ -282,9 +282,10 @@ def test_design_store_without_a_concentration_record_resumes_with_the_arcsine_la
     prior_seed, _ = simulate_module.chunk_seeds(3, 1)
     arcsine = edge_weighted_design(sim.prior, 25, edge_fraction=0.5, concentration=0.5, seed=prior_seed).numpy()
     assert np.array_equal(store.theta[25:50], arcsine)
-    # the default shape is another law, so completing this store with it is refused
+    # the default shape is that law too; another one is refused
+    assert sbikit.simulate("two_moons", 50, **kw).complete
     with pytest.raises(ValueError, match="edge_concentration: store has 0.5, this call 0.2"):
-        sbikit.simulate("two_moons", 50, **kw)
+        sbikit.simulate("two_moons", 50, edge_concentration=0.2, **kw)
 
 
 def test_the_design_shape_is_part_of_the_run(tmp_path):

@@ -81,8 +81,7 @@ print(f"fast mode: {FAST}; writing figures to {OUT.resolve()}")
 # which does not depend on how the training `theta` are spread, so any design covering the
 # prior's box targets the same thing. Prior draws leave the box's faces and corners thin,
 # and that is where an emulator is worst; `edge_weighted_design` draws half of the rows with
-# every coordinate on the law Beta(0.2, 0.2) of its range, crowded toward the bounds and the
-# box's vertices, the other half from the prior.
+# coordinates crowded toward the bounds (the arcsine law), the other half from the prior.
 # (Data for NPE below is drawn from the prior, as it must be.)
 
 # %%
