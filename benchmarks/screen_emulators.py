@@ -410,6 +410,16 @@ def screen(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "pk_ratio": ratio.tolist(),
         "pk_err": err.tolist(),
     }
+    if args.sweep:
+        # the prior sweep's draws (benchmarks/emulator_prior_sweep.py: prior.sample(n, seed=30))
+        s_ratio, s_err = power_ratio(emu, sim, prior.sample(args.sweep, seed=30).double().numpy(), args.num_samples)
+        s_within = np.abs(s_ratio - 1) <= 0.05 + 2 * s_err
+        rec |= {
+            "sweep_num_theta": args.sweep,
+            "sweep_theta_all_bins_within": int(s_within.all(1).sum()),
+            "sweep_bins_within": int(s_within.sum()),
+            "sweep_max_dev_per_theta": np.abs(s_ratio - 1).max(1).tolist(),
+        }
     if args.vertices:
         v_ratio, v_err = power_ratio(emu, sim, vertices(prior), args.num_samples)
         v_within = np.abs(v_ratio - 1) <= 0.05 + 2 * v_err
@@ -427,8 +437,8 @@ def report(recs: list[dict[str, Any]]) -> str:
     lines = [
         "| config | epochs | fit CPU s | best val | chi2_bias mean / p95 / max (train mean) | chi2_z "
         "| s/sigma mean (min-max) | KL proxy | P(k) within: bench 8 / corners 4 | max dev bench / corners "
-        "| vertices: bins within / vertices with every bin / max dev |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| vertices: bins within / vertices with every bin / max dev | prior sweep: draws with every bin |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in recs:
         b = r["pk_bins_per_theta"]
@@ -445,6 +455,11 @@ def report(recs: list[dict[str, Any]]) -> str:
                 if "pk_within_vertices" in r
                 else "- |"
             )
+            + (
+                f" {r['sweep_theta_all_bins_within']}/{r['sweep_num_theta']} |"
+                if "sweep_theta_all_bins_within" in r
+                else " - |"
+            )
         )
     return "\n".join(lines)
 
@@ -459,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
         help="training parameters: prior, arcsine, mixK (K%% arcsine rows) or betaA_mixK (K%% rows on Beta(A, A))",
     )
     parser.add_argument("--num-samples", type=int, default=1000, help="outputs per theta for P(k)")
+    parser.add_argument(
+        "--sweep", type=int, default=0, help="also check P(k) at this many prior draws (seed 30, as the prior sweep)"
+    )
     parser.add_argument(
         "--vertices", action="store_true", help="also check P(k) at all 2^d vertices of the box (1%% inside)"
     )
