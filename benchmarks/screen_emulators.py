@@ -206,6 +206,27 @@ class TunedBasisCVAE(ConditionalVAE):
         return (coefficients @ basis + self.pca_mean).reshape(coefficients.shape[0], *self.x_shape)
 
 
+class ExtraBasisCVAE(ConditionalVAE):
+    """``decoder="pca"`` plus ``extra`` learned output directions, zero at the start (screening).
+
+    The fixed principal components stay; the decoder MLP gives ``extra`` more coefficients for
+    directions ``(extra, D)`` trained from the likelihood (8,192 numbers for 8 directions on
+    32 x 32 images, against 65,536 for a fully trained basis, :class:`TunedBasisCVAE`).
+    """
+
+    extra = 8
+
+    def _register_pca_buffers(self, num_components: int) -> int:
+        m = super()._register_pca_buffers(num_components)
+        self.extra_basis = torch.nn.Parameter(torch.zeros(self.extra, self.pca_basis.shape[1]))
+        return m + self.extra
+
+    def _from_pca(self, coefficients: Tensor) -> Tensor:
+        assert self.x_shape is not None
+        basis = torch.cat([self.pca_basis, self.extra_basis])
+        return (coefficients @ basis + self.pca_mean).reshape(coefficients.shape[0], *self.x_shape)
+
+
 # name -> (constructor kwargs, fit kwargs, class)
 CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], type]] = {
     "base": ({"hidden_features": 256}, {}, ConditionalVAE),
@@ -238,6 +259,7 @@ CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any], type]] = {
     # the library's amplitude_head=True (the same map, clamped; its own initialisation order)
     "lib_amp_pca64": ({"hidden_features": 256, "decoder": "pca", "amplitude_head": True}, {}, ConditionalVAE),
     "tuned_amp_pca64": ({"hidden_features": 256, "decoder": "pca", "amplitude_head": True}, {}, TunedBasisCVAE),
+    "extra8_amp_pca64": ({"hidden_features": 256, "decoder": "pca", "amplitude_head": True}, {}, ExtraBasisCVAE),
     "logn_amp_pca64": ({"hidden_features": 256, "decoder": "pca", "amplitude_head": True}, {}, LogIndexCVAE),
     "invn_amp_pca64": ({"hidden_features": 256, "decoder": "pca", "amplitude_head": True}, {}, InverseIndexCVAE),
     "zfree_lib_pca32": ({"hidden_features": 256, "decoder": "pca", "num_components": 32}, {}, ZFreeCVAE),
