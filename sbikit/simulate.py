@@ -214,11 +214,13 @@ def _open_or_create(
             "edge_fraction",
             "edge_concentration",
         )
+        from sbikit.emulators.design import ARCSINE
+
         # stores written before a key existed hold its default: prior draws, and the arcsine
         # law for a design (the only one before its shape was a parameter)
         defaults: dict[str, Any] = {
             "edge_fraction": 0.0,
-            "edge_concentration": 0.5 if float(old.get("edge_fraction", 0.0) or 0.0) > 0 else None,
+            "edge_concentration": ARCSINE if float(old.get("edge_fraction", 0.0) or 0.0) > 0 else None,
         }
         diff = [
             f"{k}: store has {old.get(k, defaults.get(k))!r}, this call {record[k]!r}"
@@ -433,7 +435,7 @@ def simulate(
     np.dtype(dtype)  # raises TypeError for an unknown dtype
 
     sim = _resolve(simulator, kwargs_json)
-    from sbikit.emulators.design import DEFAULT_CONCENTRATION, check_concentration, check_edge_fraction
+    from sbikit.emulators.design import ARCSINE, DEFAULT_CONCENTRATION, check_concentration, check_edge_fraction
 
     ef = 0.0 if edge_fraction == 0 else check_edge_fraction(sim.prior, edge_fraction)  # any prior for 0
     if edge_concentration is not None:
@@ -462,7 +464,7 @@ def simulate(
     logger.info("%s: %d of %d chunks to simulate (%d rows done)", path, len(tasks), num_chunks, done_rows)
 
     writer = _Writer(group, record)
-    ec = record.get("edge_concentration", 0.5 if ef > 0 else None)  # an old store's law
+    ec = record.get("edge_concentration", ARCSINE if ef > 0 else None)  # an old store's law
     fn = functools.partial(simulate_chunk, simulator, kwargs_json, run_seed, edge_fraction=ef, edge_concentration=ec)
 
     def fallback(index: int, start: int, stop: int, *, error: str) -> ChunkResult:

@@ -27,6 +27,7 @@ from torch import Tensor
 from sbikit.priors import make_generator, strictly_inside
 
 __all__ = [
+    "ARCSINE",
     "DEFAULT_CONCENTRATION",
     "beta_quantile",
     "check_concentration",
