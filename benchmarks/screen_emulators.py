@@ -295,6 +295,8 @@ def training_design(prior: Any, num: int, design: str, concentration: float = 0.
         return prior.sample(num, seed=0)
     if design.startswith("beta"):
         return beta_design(prior, num, design)
+    if design.startswith("hybrid"):
+        return hybrid_design(prior, num, design)
     share = 1.0 if design == "arcsine" else int(design.removeprefix("mix")) / 100
     return edge_weighted_design(prior, num, edge_fraction=share, concentration=concentration, seed=0)
 
@@ -321,6 +323,21 @@ def corners(prior: Any) -> np.ndarray:
     lo, hi = low + 0.01 * (high - low), high - 0.01 * (high - low)
     pick = [(0, 1, 1, 1, 1), (1, 1, 0, 0, 1), (0, 0, 1, 0, 0), (1, 0, 0, 1, 0)]
     return np.array([[hi[j] if p[j] else lo[j] for j in range(len(lo))] for p in pick])
+
+
+def hybrid_design(prior: Any, num: int, design: str) -> Tensor:
+    """``"hybridA"``: a quarter of the rows on the arcsine law, a quarter on ``Beta(A, A)``, half
+    prior draws (two :func:`~sbikit.emulators.edge_weighted_design` halves, seeds 0 and 1,
+    shuffled with seed 2; a screening design)."""
+    a = float(design.removeprefix("hybrid"))
+    half = num // 2
+    rows = torch.cat(
+        [
+            edge_weighted_design(prior, half, edge_fraction=0.5, concentration=0.5, seed=0),
+            edge_weighted_design(prior, num - half, edge_fraction=0.5, concentration=a, seed=1),
+        ]
+    )
+    return rows[torch.randperm(num, generator=torch.Generator().manual_seed(2))]
 
 
 def vertices(prior: Any) -> np.ndarray:
