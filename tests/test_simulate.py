@@ -269,7 +269,7 @@ def test_design_store_without_a_concentration_record_resumes_with_the_arcsine_la
 
     path = tmp_path / "old_design.zarr"
     kw = {"chunk_size": 25, "seed": 3, "store": path, "progress": False, "edge_fraction": 0.5}
-    first = sbikit.simulate("two_moons", 50, edge_concentration=0.5, **kw)
+    first = np.array(sbikit.simulate("two_moons", 50, edge_concentration=0.5, **kw).theta[:])  # a copy
     group = zarr.open_group(str(path), mode="a")
     record = dict(group.attrs["sbikit"])
     del record["edge_concentration"]  # as written before the option existed
@@ -277,13 +277,15 @@ def test_design_store_without_a_concentration_record_resumes_with_the_arcsine_la
     status = group["chunk_status"]
     status[1] = 0  # the second chunk is still to do
     store = sbikit.simulate("two_moons", 50, edge_concentration=0.5, **kw)
-    assert store.complete and np.array_equal(store.theta[:], first.theta[:])
+    assert store.complete and np.array_equal(store.theta[:], first)
     sim = simulators.get("two_moons")
     prior_seed, _ = simulate_module.chunk_seeds(3, 1)
     arcsine = edge_weighted_design(sim.prior, 25, edge_fraction=0.5, concentration=0.5, seed=prior_seed).numpy()
     assert np.array_equal(store.theta[25:50], arcsine)
-    # the default shape is that law too; another one is refused
-    assert sbikit.simulate("two_moons", 50, **kw).complete
+    # the default shape is that law too (a chunk redone without naming it is the same again);
+    # another one is refused
+    group["chunk_status"][0] = 0
+    assert np.array_equal(sbikit.simulate("two_moons", 50, **kw).theta[:], first)
     with pytest.raises(ValueError, match="edge_concentration: store has 0.5, this call 0.2"):
         sbikit.simulate("two_moons", 50, edge_concentration=0.2, **kw)
 
@@ -294,8 +296,8 @@ def test_the_design_shape_is_part_of_the_run(tmp_path):
     b = sbikit.simulate("two_moons", 100, store=tmp_path / "b.zarr", edge_concentration=2.0, **kw)
     assert a.run["edge_concentration"] == 0.2 and b.run["edge_concentration"] == 2.0
     assert not np.array_equal(a.theta[:], b.theta[:])
-    # Beta(2, 2) keeps rows off the bounds, Beta(0.2, 0.2) crowds them there: share of the 200
-    # coordinates within 5% of a bound 0.014 against 0.58 (binomial s.e. <= 0.035)
+    # Beta(0.2, 0.2) crowds rows to the bounds, Beta(2, 2) keeps them off: the share of the 200
+    # coordinates within 5% of a bound is 0.58 against 0.014 (binomial s.e. <= 0.035)
     near = [float((np.abs(s.theta[:]) > 0.9).mean()) for s in (a, b)]
     assert near[0] > 0.4 and near[1] < 0.1
     with pytest.raises(ValueError, match="edge_concentration: store has 0.2, this call 2.0"):
@@ -359,8 +361,8 @@ def test_cli_simulate(reference, tmp_path, capsys):
     assert sbikit.open_store(edge).run["edge_fraction"] == 0.5
     shaped = tmp_path / "shaped.zarr"
     argv = ["simulate", "two_moons", "-n", "20", "--quiet", "--store", str(shaped), "--edge-fraction", "0.5"]
-    assert main([*argv, "--edge-concentration", "0.5"]) == 0
-    assert sbikit.open_store(shaped).run["edge_concentration"] == 0.5
+    assert main([*argv, "--edge-concentration", "0.3"]) == 0
+    assert sbikit.open_store(shaped).run["edge_concentration"] == 0.3
     capsys.readouterr()
     assert main(["simulate", "gaussian_linear", "-n", "10", "--kwargs", "[1]", "--store", str(tmp_path / "b")]) == 2
     assert "--kwargs must be a JSON object" in capsys.readouterr().err
