@@ -235,7 +235,7 @@ def _open_or_create(
                 + "; ".join(diff)
                 + "); pass the same arguments to resume it (seed=None takes the store's), or a new store path"
             )
-        record = dict(old)
+        record = {**defaults, **old}  # keys an old store lacks read as their defaults (not written back)
         logger.info("resuming store %s (seed %d)", path, record["seed"])
     if "theta" not in group:
         create_array(
@@ -435,7 +435,7 @@ def simulate(
     np.dtype(dtype)  # raises TypeError for an unknown dtype
 
     sim = _resolve(simulator, kwargs_json)
-    from sbikit.emulators.design import ARCSINE, DEFAULT_CONCENTRATION, check_concentration, check_edge_fraction
+    from sbikit.emulators.design import DEFAULT_CONCENTRATION, check_concentration, check_edge_fraction
 
     ef = 0.0 if edge_fraction == 0 else check_edge_fraction(sim.prior, edge_fraction)  # any prior for 0
     if edge_concentration is not None:
@@ -464,7 +464,7 @@ def simulate(
     logger.info("%s: %d of %d chunks to simulate (%d rows done)", path, len(tasks), num_chunks, done_rows)
 
     writer = _Writer(group, record)
-    ec = record.get("edge_concentration", ARCSINE if ef > 0 else None)  # an old store's law
+    ec = record["edge_concentration"]  # an old store's law when resuming one
     fn = functools.partial(simulate_chunk, simulator, kwargs_json, run_seed, edge_fraction=ef, edge_concentration=ec)
 
     def fallback(index: int, start: int, stop: int, *, error: str) -> ChunkResult:
