@@ -53,6 +53,7 @@ from nflows.transforms import (
 from nflows.transforms.autoregressive import AutoregressiveTransform
 from torch import Tensor, nn
 
+from sbikit.linear import Linear, linear
 from sbikit.splines import rational_quadratic_spline
 
 __all__ = [
@@ -118,7 +119,7 @@ class FlowConfig:
         return cls(**{"conditioner": "nflows_made", **data})
 
 
-class _MaskedLinear(nn.Linear):
+class _MaskedLinear(Linear):
     """A linear layer whose weight is multiplied by a fixed 0/1 mask ``(out, in)``."""
 
     def __init__(self, mask: Tensor) -> None:
@@ -126,7 +127,7 @@ class _MaskedLinear(nn.Linear):
         self.register_buffer("mask", mask.to(self.weight.dtype))
 
     def forward(self, inputs: Tensor) -> Tensor:
-        return nn.functional.linear(inputs, self.weight * self.mask, self.bias)
+        return linear(inputs, self.weight * self.mask, self.bias)
 
 
 class ConditionalMADE(nn.Module):
@@ -165,7 +166,7 @@ class ConditionalMADE(nn.Module):
         out_degrees = in_degrees.repeat_interleave(output_multiplier)
         self.activation = activation
         self.initial_layer = _MaskedLinear(hidden_degrees[:, None] >= in_degrees[None, :])
-        self.context_layer = nn.Linear(context_features, hidden_features)
+        self.context_layer = Linear(context_features, hidden_features)
         self.blocks = nn.ModuleList(
             _MaskedLinear(hidden_degrees[:, None] >= hidden_degrees[None, :]) for _ in range(num_blocks)
         )
@@ -317,9 +318,9 @@ def _relu_mlp(in_features: int, hidden_features: int, out_features: int, *, num_
     layers: list[nn.Module] = []
     width = in_features
     for _ in range(num_hidden):
-        layers += [nn.Linear(width, hidden_features), nn.ReLU()]
+        layers += [Linear(width, hidden_features), nn.ReLU()]
         width = hidden_features
-    layers.append(nn.Linear(width, out_features))
+    layers.append(Linear(width, out_features))
     return nn.Sequential(*layers)
 
 

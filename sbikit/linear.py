@@ -1,0 +1,143 @@
+"""Dense layers of the flows, with oneDNN's matrix products on the CPU where that is faster.
+
+PyTorch's CPU build multiplies ``float32`` matrices with MKL. On CPUs that MKL does not
+tune for (measured on an "AMD EPYC" machine with two vCPUs, one thread), its products of the
+shapes a flow's conditioner uses (512 x 128 by 128 x 128) take about 1.8 times as long as
+oneDNN's, which the same build also ships (``torch.ops.mkldnn._linear_pointwise``, the
+kernel PyTorch's compiler uses for fused linear layers). :func:`linear` computes
+``inputs @ weight.T + bias`` with oneDNN on the CPU, forward and backward (the three
+products of a training step), and with :func:`torch.nn.functional.linear` everywhere else
+(CUDA, ``float64``, or when oneDNN is missing or turned off). The result is the same to
+rounding; ``benchmarks/linear_backend.py`` measures both on the machine at hand.
+
+Turn it off with the environment variable ``SBIKIT_ONEDNN_LINEAR=0`` (read once, at the
+first call) or :func:`set_onednn_linear`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = ["Linear", "linear", "onednn_linear_enabled", "set_onednn_linear"]
+
+logger = logging.getLogger(__name__)
+
+#: Environment variable that turns the oneDNN path off when set to ``0``.
+ENV_VAR = "SBIKIT_ONEDNN_LINEAR"
+
+_enabled: bool | None = None  # None: not decided yet (decided at the first call)
+
+
+def _onednn_op() -> Any:
+    return torch.ops.mkldnn._linear_pointwise
+
+
+def _self_test() -> bool:
+    """Whether oneDNN's linear kernel exists here and agrees with ``F.linear`` (forward)."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(7, 5, generator=gen)
+        w = torch.randn(3, 5, generator=gen)
+        b = torch.randn(3, generator=gen)
+        got = _onednn_op()(x, w, b, "none", [], "")
+        grad_w = _onednn_op()(x.t(), x.t(), None, "none", [], "")  # strided operands, as in backward
+    except Exception as error:  # noqa: BLE001  (any failure means: use F.linear)
+        logger.debug("oneDNN linear unavailable (%s); using torch.nn.functional.linear", error)
+        return False
+    return bool(torch.allclose(got, F.linear(x, w, b), atol=1e-5) and torch.allclose(grad_w, x.t() @ x, atol=1e-4))
+
+
+def onednn_linear_enabled() -> bool:
+    """Whether :func:`linear` uses oneDNN for CPU ``float32`` products (decided at the first call)."""
+    global _enabled
+    if _enabled is None:
+        _enabled = os.environ.get(ENV_VAR, "1").strip() != "0" and _self_test()
+        logger.debug("oneDNN linear layers %s", "on" if _enabled else "off")
+    return _enabled
+
+
+def set_onednn_linear(enabled: bool) -> None:
+    """Turn the oneDNN path of :func:`linear` on or off for this process.
+
+    Args:
+        enabled: ``True`` uses oneDNN where it is available (it stays off where the kernel is
+            missing), ``False`` always uses :func:`torch.nn.functional.linear`.
+    """
+    global _enabled
+    _enabled = bool(enabled) and _self_test()
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``inputs @ weight.T + bias`` for 2-D CPU ``float32`` tensors, all three products by oneDNN."""
+
+    @staticmethod
+    def forward(ctx: Any, inputs: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        ctx.save_for_backward(inputs, weight)
+        ctx.has_bias = bias is not None
+        return _onednn_op()(inputs, weight, bias, "none", [], "")
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        inputs, weight = ctx.saved_tensors
+        need_inputs, need_weight, need_bias = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True: differentiable products
+            grad_inputs = grad @ weight if need_inputs else None
+            grad_weight = grad.t() @ inputs if need_weight else None
+        else:
+            op = _onednn_op()
+            # oneDNN reads the transposed views by their strides: no copies.
+            grad_inputs = op(grad, weight.t(), None, "none", [], "") if need_inputs else None
+            grad_weight = op(grad.t(), inputs.t(), None, "none", [], "") if need_weight else None
+        grad_bias = grad.sum(0) if ctx.has_bias and need_bias else None
+        return grad_inputs, grad_weight, grad_bias
+
+
+def _use_onednn(inputs: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    return (
+        inputs.device.type == "cpu"
+        and inputs.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and (bias is None or bias.dtype == torch.float32)
+        and inputs.dim() >= 1
+        and inputs.numel() > 0
+        and weight.numel() > 0
+        and onednn_linear_enabled()
+    )
+
+
+def linear(inputs: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``inputs @ weight.T + bias``, as :func:`torch.nn.functional.linear`.
+
+    Args:
+        inputs: ``(..., in_features)``.
+        weight: ``(out_features, in_features)``.
+        bias: ``(out_features,)`` or ``None``.
+
+    Returns:
+        ``(..., out_features)``.
+    """
+    if not _use_onednn(inputs, weight, bias):
+        return F.linear(inputs, weight, bias)
+    flat = inputs.reshape(-1, inputs.shape[-1])
+    tracked = inputs.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    if torch.is_grad_enabled() and tracked:
+        out = _OneDNNLinear.apply(flat, weight, bias)
+    else:
+        out = _onednn_op()(flat, weight, bias, "none", [], "")
+    return out.reshape(*inputs.shape[:-1], weight.shape[0])
+
+
+class Linear(nn.Linear):
+    """:class:`torch.nn.Linear` computed by :func:`linear` (same parameters and state dict)."""
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """``(..., in_features)`` -> ``(..., out_features)``."""
+        return linear(inputs, self.weight, self.bias)

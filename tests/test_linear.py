@@ -1,0 +1,126 @@
+"""sbikit.linear: oneDNN products agree with torch.nn.functional.linear, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from sbikit import linear as lin
+from sbikit.flows import build_flow
+
+
+@pytest.fixture
+def restore_backend():
+    before = lin.onednn_linear_enabled()
+    yield
+    lin.set_onednn_linear(before)
+
+
+def _grads(fn, x, w, b):
+    x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
+    b = None if b is None else b.clone().requires_grad_()
+    out = fn(x, w, b)
+    (out * torch.linspace(-1, 1, out.shape[-1])).square().sum().backward()
+    return out.detach(), x.grad, w.grad, None if b is None else b.grad
+
+
+@pytest.mark.parametrize("shape", [(64, 10), (3, 5, 10), (10,)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_matches_torch(shape, with_bias, restore_backend):
+    lin.set_onednn_linear(True)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen)
+    w = torch.randn(7, 10, generator=gen)
+    b = torch.randn(7, generator=gen) if with_bias else None
+    got = _grads(lin.linear, x, w, b)
+    want = _grads(F.linear, x, w, b)
+    for g, e in zip(got, want, strict=True):
+        if e is None:
+            assert g is None
+        else:
+            assert g.shape == e.shape
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
+def test_linear_noncontiguous_input(restore_backend):
+    lin.set_onednn_linear(True)
+    x = torch.randn(10, 64).t()  # (64, 10), transposed strides
+    w, b = torch.randn(7, 10), torch.randn(7)
+    torch.testing.assert_close(lin.linear(x, w, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_double_backward(restore_backend):
+    """create_graph=True (a gradient penalty) differentiates through the backward products."""
+    lin.set_onednn_linear(True)
+    w = torch.randn(4, 3, requires_grad=True)
+    results = []
+    for fn in (lin.linear, F.linear):
+        x = torch.randn(8, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        (g,) = torch.autograd.grad(torch.tanh(fn(x, w, None)).sum(), x, create_graph=True)
+        (gw,) = torch.autograd.grad(g.square().sum(), w)
+        results.append(gw)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
+
+
+def test_fallbacks(restore_backend, monkeypatch):
+    """float64 and a disabled backend go through F.linear; so does a failing kernel."""
+    lin.set_onednn_linear(True)
+    called = []
+    real = lin._onednn_op
+
+    def spy():
+        called.append(1)
+        return real()
+
+    monkeypatch.setattr(lin, "_onednn_op", spy)
+    x64, w64 = torch.randn(5, 3, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64)
+    torch.testing.assert_close(lin.linear(x64, w64), F.linear(x64, w64))
+    assert not called
+    lin._enabled = False
+    lin.linear(torch.randn(5, 3), torch.randn(2, 3))
+    assert not called
+    lin._enabled = True
+    lin.linear(torch.randn(5, 3), torch.randn(2, 3))
+    if lin._self_test():
+        assert called
+
+    def broken():
+        raise RuntimeError("no such kernel")
+
+    monkeypatch.setattr(lin, "_onednn_op", broken)
+    lin.set_onednn_linear(True)  # the self-test fails: stays off
+    assert not lin.onednn_linear_enabled()
+    torch.testing.assert_close(lin.linear(x64.float(), w64.float()), F.linear(x64.float(), w64.float()))
+
+
+def test_env_var_turns_it_off(restore_backend, monkeypatch):
+    monkeypatch.setenv(lin.ENV_VAR, "0")
+    lin._enabled = None
+    assert not lin.onednn_linear_enabled()
+
+
+def test_linear_module_state_dict_is_nn_linear():
+    ours, theirs = lin.Linear(4, 3), nn.Linear(4, 3)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(6, 4)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["nsf", "maf"])
+def test_flow_same_with_either_backend(kind, restore_backend):
+    """A flow's log density and its parameter gradients do not depend on the backend."""
+    torch.manual_seed(0)
+    flow = build_flow(kind, 3, (4,), hidden_features=32, num_transforms=2, conditional_affine=kind == "nsf")
+    y, c = torch.randn(50, 3), torch.randn(50, 4)
+    out = []
+    for enabled in (True, False):
+        lin.set_onednn_linear(enabled)
+        flow.zero_grad()
+        lp = flow.log_prob(y, c)
+        lp.sum().backward()
+        out.append((lp.detach(), [p.grad.clone() for p in flow.parameters() if p.grad is not None]))
+    torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-4, atol=1e-4)
+    for a, b in zip(out[0][1], out[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
