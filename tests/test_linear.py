@@ -124,3 +124,21 @@ def test_flow_same_with_either_backend(kind, restore_backend):
     torch.testing.assert_close(out[0][0], out[1][0], rtol=1e-4, atol=1e-4)
     for a, b in zip(out[0][1], out[1][1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("reduce", ["sum", "one_column"])
+def test_broadcast_gradients(reduce, restore_backend):
+    """Upstream gradients with zero strides (from ``sum``) or mostly zeros reach oneDNN as they are."""
+    lin.set_onednn_linear(True)
+
+    def loss(out):
+        return out.sum() if reduce == "sum" else out[:, 2].mean()
+
+    grads = []
+    for fn in (lin.linear, F.linear):
+        x = torch.randn(50, 10, generator=torch.Generator().manual_seed(3), requires_grad=True)
+        w = torch.randn(7, 10, generator=torch.Generator().manual_seed(4), requires_grad=True)
+        loss(fn(x, w, None)).backward()
+        grads.append((x.grad, w.grad))
+    for a, b in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
