@@ -12,7 +12,9 @@ change in the machine's speed during the run falls on both:
   narrower ones;
 * a full training step (forward, backward, clipping, fused AdamW) of NPE's default flow on the
   benchmark's two_moons set (10^4 simulations, batches of 512), with
-  :func:`sbikit.linear.set_onednn_linear` on and off.
+  :func:`sbikit.linear.set_onednn_linear` on and off;
+* with ``--fit-reps N`` (default 0), ``N`` pairs of whole default ``NPE.fit`` runs on that set
+  (seed 0), one with each backend.
 
 Prints one JSON line per measurement (and appends them to ``--out``).
 """
@@ -109,9 +111,26 @@ def training_step(reps: int) -> dict:
     }
 
 
+def whole_fits(reps: int) -> dict:
+    theta, x = training_data("two_moons", 10_000)
+    sim = simulators.get("two_moons")
+    runs: dict[str, list[dict]] = {"mkl": [], "onednn": []}
+    for _ in range(reps):
+        for name, enabled in (("mkl", False), ("onednn", True)):
+            lin.set_onednn_linear(enabled)
+            start = time.process_time()
+            post = sbikit.NPE(sim.prior, device="cpu").fit(theta, x, seed=0, progress=False)
+            runs[name].append({"cpu_s": time.process_time() - start, "epochs": int(post.info["epochs"])})
+    lin.set_onednn_linear(True)
+    mkl = statistics.median(r["cpu_s"] for r in runs["mkl"])
+    dnn = statistics.median(r["cpu_s"] for r in runs["onednn"])
+    return {"kind": "npe_fit", "task": "two_moons", "mkl_s": mkl, "onednn_s": dnn, "ratio": dnn / mkl, "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--fit-reps", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -122,6 +141,8 @@ def main() -> None:
     except (OSError, StopIteration):
         pass
     rows = [products(512, width, args.reps) for width in (128, 96, 64)] + [training_step(args.reps)]
+    if args.fit_reps > 0:
+        rows.append(whole_fits(args.fit_reps))
     for row in rows:
         line = json.dumps({**row, "machine": machine})
         sys.stdout.write(line + "\n")
