@@ -1,14 +1,18 @@
-"""Dense layers of the flows, with oneDNN's matrix products on the CPU where that is faster.
+"""Dense layers of the flows, with oneDNN's matrix products on the CPU.
 
 PyTorch's CPU build multiplies ``float32`` matrices with MKL. On CPUs that MKL does not
 tune for (measured on an "AMD EPYC" machine with two vCPUs, one thread), its products of the
-shapes a flow's conditioner uses (512 x 128 by 128 x 128) take about 1.8 times as long as
+shapes a flow's conditioner uses (512 x 128 by 128 x 128) take about twice as long as
 oneDNN's, which the same build also ships (``torch.ops.mkldnn._linear_pointwise``, the
 kernel PyTorch's compiler uses for fused linear layers). :func:`linear` computes
 ``inputs @ weight.T + bias`` with oneDNN on the CPU, forward and backward (the three
 products of a training step), and with :func:`torch.nn.functional.linear` everywhere else
-(CUDA, ``float64``, or when oneDNN is missing or turned off). The result is the same to
-rounding; ``benchmarks/linear_backend.py`` measures both on the machine at hand.
+(CUDA, ``float64``, or when oneDNN is missing, fails a self-test at first use, or is turned
+off). The result is the same to rounding. oneDNN is used wherever it is available, without
+timing it first: ``benchmarks/linear_backend.py`` compares the two on the machine at hand,
+and where MKL turns out faster (it may on Intel CPUs; not measured), turn oneDNN off. The
+kernel is a private PyTorch operator; if a PyTorch release drops or changes it, the
+self-test fails and :func:`torch.nn.functional.linear` is used.
 
 Turn it off with the environment variable ``SBIKIT_ONEDNN_LINEAR=0`` (read once, at the
 first call) or :func:`set_onednn_linear`.
