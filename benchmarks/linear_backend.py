@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from npe_vs_sbi import training_data
+from npe_vs_sbi import machine, training_data
 
 import sbikit
 import simulators
@@ -77,8 +76,7 @@ def products(rows: int, width: int, reps: int) -> dict:
     return out
 
 
-def training_step(reps: int) -> dict:
-    theta, x = training_data("two_moons", 10_000)
+def training_step(theta: torch.Tensor, x: torch.Tensor, reps: int) -> dict:
     sim = simulators.get("two_moons")
     flow = sbikit.NPE(sim.prior, device="cpu").fit(theta, x, seed=0, progress=False, max_epochs=1).flow
     u = sim.prior.to_unconstrained(theta)[:512].float()
@@ -111,8 +109,7 @@ def training_step(reps: int) -> dict:
     }
 
 
-def whole_fits(reps: int) -> dict:
-    theta, x = training_data("two_moons", 10_000)
+def whole_fits(theta: torch.Tensor, x: torch.Tensor, reps: int) -> dict:
     sim = simulators.get("two_moons")
     runs: dict[str, list[dict]] = {"mkl": [], "onednn": []}
     for _ in range(reps):
@@ -134,17 +131,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    machine = {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__}
-    try:
+    where = machine()
+    try:  # the CPU model: the backends' relative speed depends on it
         with open("/proc/cpuinfo") as f:
-            machine["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            where["cpu_model"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    rows = [products(512, width, args.reps) for width in (128, 96, 64)] + [training_step(args.reps)]
+    theta, x = training_data("two_moons", 10_000)
+    rows = [products(512, width, args.reps) for width in (128, 96, 64)] + [training_step(theta, x, args.reps)]
     if args.fit_reps > 0:
-        rows.append(whole_fits(args.fit_reps))
+        rows.append(whole_fits(theta, x, args.fit_reps))
     for row in rows:
-        line = json.dumps({**row, "machine": machine})
+        line = json.dumps({**row, "machine": where})
         sys.stdout.write(line + "\n")
         if args.out is not None:
             with args.out.open("a") as f:
