@@ -126,9 +126,21 @@ def linear(inputs: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
 
     Returns:
         ``(..., out_features)``.
+
+    Raises:
+        ValueError: on the oneDNN path, when the shapes do not fit together (the
+            :func:`torch.nn.functional.linear` path raises PyTorch's own error).
     """
     if not _use_onednn(inputs, weight, bias):
         return F.linear(inputs, weight, bias)
+    # oneDNN's own error for mismatched shapes names no shapes; say which.
+    if weight.dim() != 2 or inputs.shape[-1] != weight.shape[1]:
+        raise ValueError(
+            f"linear: inputs {tuple(inputs.shape)} need a last dimension equal to the weight's "
+            f"in_features; weight is {tuple(weight.shape)} (out_features, in_features)"
+        )
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"linear: bias {tuple(bias.shape)} must be (out_features,) = ({weight.shape[0]},)")
     flat = inputs.reshape(-1, inputs.shape[-1])
     tracked = inputs.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     if torch.is_grad_enabled() and tracked:

@@ -142,3 +142,13 @@ def test_broadcast_gradients(reduce, restore_backend):
         grads.append((x.grad, w.grad))
     for a, b in zip(grads[0], grads[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_mismatched_shapes_name_the_shapes(restore_backend):
+    lin.set_onednn_linear(True)
+    if not lin.onednn_linear_enabled():
+        pytest.skip("oneDNN unavailable here")
+    with pytest.raises(ValueError, match=r"inputs \(5, 3\).*weight is \(2, 4\)"):
+        lin.linear(torch.randn(5, 3), torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"bias \(3,\)"):
+        lin.linear(torch.randn(5, 3), torch.randn(2, 3), torch.randn(3))
