@@ -438,6 +438,37 @@ def test_rational_quadratic_spline_equals_nflows_and_inverts(min_sizes: tuple[fl
         rational_quadratic_spline(x, params[..., :-2], bound=bound)
 
 
+@pytest.mark.parametrize("inverse", [False, True])
+def test_rational_quadratic_spline_gradients_equal_nflows(inverse: bool) -> None:
+    """Gradients w.r.t. inputs and parameters (what training uses) equal nflows' (float64)."""
+    from nflows.transforms.splines.rational_quadratic import unconstrained_rational_quadratic_spline
+
+    from sbikit.splines import rational_quadratic_spline
+
+    gen = torch.Generator().manual_seed(1)
+    k, bound = 6, 3.0
+    x = (2.5 * torch.randn(1000, 2, generator=gen, dtype=F64)).requires_grad_()
+    params = (2.0 * torch.randn(1000, 2, 3 * k - 1, generator=gen, dtype=F64)).requires_grad_()
+    weights = torch.randn(2, 1000, 2, generator=gen, dtype=F64)  # a random linear functional of both outputs
+
+    def grads(out: Tensor, lad: Tensor) -> tuple[Tensor, ...]:
+        return torch.autograd.grad((weights[0] * out).sum() + (weights[1] * lad).sum(), [x, params])
+
+    ours = grads(*rational_quadratic_spline(x, params, bound=bound, inverse=inverse))
+    ref = grads(
+        *unconstrained_rational_quadratic_spline(
+            x, params[..., :k], params[..., k : 2 * k], params[..., 2 * k :], inverse=inverse,
+            tails="linear", tail_bound=bound,
+        )
+    )  # fmt: skip
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-9 * float(b.abs().max()), rtol=1e-9)
+    outside = (x.abs() > bound).detach()
+    assert outside.sum() > 50  # the tails: identity, so d out / d x = 1 there and the knots get nothing
+    assert bool((ours[1][outside] == 0).all())
+    assert bool((ours[1][~outside].abs().sum(-1) > 0).all())
+
+
 # -- one-pass inverse (sampling) ------------------------------------------------------------------
 
 
