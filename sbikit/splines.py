@@ -50,10 +50,9 @@ def _knots(unnormalized: Tensor, bound: float, min_size: float) -> Tensor:
     """Knot positions ``(..., K + 1)`` on ``[-bound, bound]`` from ``(..., K)`` unnormalised bin sizes."""
     num_bins = unnormalized.shape[-1]
     sizes = min_size + (1.0 - min_size * num_bins) * _softmax(unnormalized)
-    inner = torch.cumsum(sizes[..., :-1], dim=-1)
-    zeros = torch.zeros_like(inner[..., :1])
+    inner = (2.0 * bound) * torch.cumsum(sizes[..., :-1], dim=-1) - bound
     # Exact end knots (the cumulative sum of the sizes is 1 only up to rounding).
-    return (2.0 * bound) * torch.cat([zeros, inner, zeros + 1.0], dim=-1) - bound
+    return F.pad(F.pad(inner, (1, 0), value=-bound), (0, 1), value=bound)
 
 
 def rational_quadratic_spline(
@@ -86,23 +85,32 @@ def rational_quadratic_spline(
         raise ValueError(f"params needs 3 K - 1 entries in its last dimension, got {params.shape[-1]}")
     inside = (inputs >= -bound) & (inputs <= bound)
     x = inputs.clamp(-bound, bound)
-    size_params = params[..., : 2 * num_bins].unflatten(-1, (2, num_bins))
+    # One split (its gradient is one concatenation; two slices would each be padded with zeros).
+    size_params, deriv_params = params.split([2 * num_bins, num_bins - 1], dim=-1)
+    size_params = size_params.unflatten(-1, (2, num_bins))
     # Widths use min_bin_width, heights min_bin_height: equal by default, then one softmax serves both.
     if min_bin_width == min_bin_height:
-        knots = _knots(size_params, bound, min_bin_width)
-        xs, ys = knots[..., 0, :], knots[..., 1, :]
+        knots = _knots(size_params, bound, min_bin_width)  # (..., 2, K + 1): x knots, y knots
     else:
-        xs = _knots(size_params[..., 0, :], bound, min_bin_width)
-        ys = _knots(size_params[..., 1, :], bound, min_bin_height)
-    ones = torch.ones_like(params[..., :1])
+        knots = torch.stack(
+            [
+                _knots(size_params[..., 0, :], bound, min_bin_width),
+                _knots(size_params[..., 1, :], bound, min_bin_height),
+            ],
+            dim=-2,
+        )
     # softplus of a strided slice is not vectorised: a contiguous copy first (2.7x faster).
-    derivs = torch.cat([ones, min_derivative + F.softplus(params[..., 2 * num_bins :].contiguous()), ones], dim=-1)
+    derivs = min_derivative + F.softplus(deriv_params[..., None, :].contiguous())
+    # (..., 3, K + 1): the x knots, the y knots and the knot derivatives (1 at both ends).
+    table = torch.cat([knots, F.pad(derivs, (1, 1), value=1.0)], dim=-2)
     # Bin index from the interior knots of the side we come from (0 .. K-1).
-    edges = ys if inverse else xs
-    idx = (x[..., None] >= edges[..., 1:-1]).sum(-1, keepdim=True)
-    table = torch.stack([xs[..., :-1], xs[..., 1:], ys[..., :-1], ys[..., 1:], derivs[..., :-1], derivs[..., 1:]], -2)
-    picked = table.gather(-1, idx[..., None, :].expand(*idx.shape[:-1], 6, 1))[..., 0]
-    x_lo, x_hi, y_lo, y_hi, d_lo, d_hi = picked.unbind(-1)
+    edges = table[..., 1 if inverse else 0, 1:-1]
+    idx = (x[..., None] >= edges).sum(-1, keepdim=True)
+    # Both ends of each input's bin in one gather from the (..., 3, K + 1) table (no per-quantity
+    # slices of it, whose gradients autograd would pad with zeros one by one).
+    ends = torch.cat([idx, idx + 1], dim=-1)[..., None, :].expand(*idx.shape[:-1], 3, 2)
+    picked = table.gather(-1, ends)  # (..., 3, 2): rows x, y, d; columns the bin's left and right ends
+    x_lo, x_hi, y_lo, y_hi, d_lo, d_hi = picked.flatten(-2).unbind(-1)
     width, height = x_hi - x_lo, y_hi - y_lo
     slope = height / width
     curvature = d_lo + d_hi - 2.0 * slope
