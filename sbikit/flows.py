@@ -120,14 +120,14 @@ class FlowConfig:
 
 
 class _MaskedLinear(Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 mask ``(out, in)``."""
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask ``(out, in)`` (then a ReLU if ``relu``)."""
 
-    def __init__(self, mask: Tensor) -> None:
-        super().__init__(mask.shape[1], mask.shape[0])
+    def __init__(self, mask: Tensor, *, relu: bool = False) -> None:
+        super().__init__(mask.shape[1], mask.shape[0], relu=relu)
         self.register_buffer("mask", mask.to(self.weight.dtype))
 
     def forward(self, inputs: Tensor) -> Tensor:
-        return linear(inputs, self.weight * self.mask, self.bias)
+        return linear(inputs, self.weight * self.mask, self.bias, relu=self.relu)
 
 
 class ConditionalMADE(nn.Module):
@@ -167,8 +167,10 @@ class ConditionalMADE(nn.Module):
         self.activation = activation
         self.initial_layer = _MaskedLinear(hidden_degrees[:, None] >= in_degrees[None, :])
         self.context_layer = Linear(context_features, hidden_features)
+        # With a ReLU activation the blocks apply it themselves, fused into their product.
+        fuse = activation is torch.relu or activation is nn.functional.relu
         self.blocks = nn.ModuleList(
-            _MaskedLinear(hidden_degrees[:, None] >= hidden_degrees[None, :]) for _ in range(num_blocks)
+            _MaskedLinear(hidden_degrees[:, None] >= hidden_degrees[None, :], relu=fuse) for _ in range(num_blocks)
         )
         self.final_layer = _MaskedLinear(out_degrees[:, None] > hidden_degrees[None, :])
         # For :meth:`invert`: the hidden units sorted by degree, and where each degree's run ends.
@@ -181,7 +183,7 @@ class ConditionalMADE(nn.Module):
             raise ValueError("ConditionalMADE needs a context")
         h = self.activation(self.initial_layer(inputs) + self.context_layer(context))
         for block in self.blocks:
-            h = self.activation(block(h))
+            h = block(h) if block.relu else self.activation(block(h))
         return self.final_layer(h)
 
     def invert(self, inputs: Tensor, context: Tensor, invert_feature: FeatureInverse) -> tuple[Tensor, Tensor]:
@@ -314,11 +316,16 @@ class SplineAutoregressive(_OnePassInverse, MaskedPiecewiseRationalQuadraticAuto
 
 
 def _relu_mlp(in_features: int, hidden_features: int, out_features: int, *, num_hidden: int) -> nn.Sequential:
-    """``num_hidden`` ReLU layers of ``hidden_features`` units, then a linear output layer."""
+    """``num_hidden`` ReLU layers of ``hidden_features`` units, then a linear output layer.
+
+    Each hidden layer is a :class:`sbikit.linear.Linear` with its ReLU fused in, followed by
+    an :class:`torch.nn.Identity` where the ``nn.ReLU`` module used to be, so that the
+    state-dict keys (``0.weight``, ``2.weight``, ...) stay those of posteriors saved before.
+    """
     layers: list[nn.Module] = []
     width = in_features
     for _ in range(num_hidden):
-        layers += [Linear(width, hidden_features), nn.ReLU()]
+        layers += [Linear(width, hidden_features, relu=True), nn.Identity()]
         width = hidden_features
     layers.append(Linear(width, out_features))
     return nn.Sequential(*layers)

@@ -80,28 +80,33 @@ def set_onednn_linear(enabled: bool) -> None:
 
 
 class _OneDNNLinear(torch.autograd.Function):
-    """``inputs @ weight.T + bias`` for 2-D CPU ``float32`` tensors, all three products by oneDNN."""
+    """``inputs @ weight.T + bias`` (then a ReLU if asked), 2-D CPU ``float32``, all three products by oneDNN."""
 
     @staticmethod
-    def forward(ctx: Any, inputs: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        ctx.save_for_backward(inputs, weight)
+    def forward(ctx: Any, inputs: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+        out = _onednn_op()(inputs, weight, bias, "relu" if relu else "none", [], "")
+        ctx.save_for_backward(inputs, weight, out if relu else None)
         ctx.has_bias = bias is not None
-        return _onednn_op()(inputs, weight, bias, "none", [], "")
+        return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        inputs, weight = ctx.saved_tensors
-        need_inputs, need_weight, need_bias = ctx.needs_input_grad
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        inputs, weight, relu_out = ctx.saved_tensors
+        need_inputs, need_weight, need_bias, _ = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph=True: differentiable products
+            if relu_out is not None:
+                grad = grad * (relu_out > 0).to(grad.dtype)
             grad_inputs = grad @ weight if need_inputs else None
             grad_weight = grad.t() @ inputs if need_weight else None
         else:
+            if relu_out is not None:  # the ReLU's gradient: grad where the output is positive, else 0
+                grad = torch.ops.aten.threshold_backward(grad, relu_out, 0.0)
             op = _onednn_op()
             # oneDNN reads the transposed views by their strides: no copies.
             grad_inputs = op(grad, weight.t(), None, "none", [], "") if need_inputs else None
             grad_weight = op(grad.t(), inputs.t(), None, "none", [], "") if need_weight else None
         grad_bias = grad.sum(0) if ctx.has_bias and need_bias else None
-        return grad_inputs, grad_weight, grad_bias
+        return grad_inputs, grad_weight, grad_bias, None
 
 
 def _use_onednn(inputs: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
@@ -116,13 +121,15 @@ def _use_onednn(inputs: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     )
 
 
-def linear(inputs: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``inputs @ weight.T + bias``, as :func:`torch.nn.functional.linear`.
+def linear(inputs: Tensor, weight: Tensor, bias: Tensor | None = None, *, relu: bool = False) -> Tensor:
+    """``inputs @ weight.T + bias``, as :func:`torch.nn.functional.linear`, optionally followed by a ReLU.
 
     Args:
         inputs: ``(..., in_features)``.
         weight: ``(out_features, in_features)``.
         bias: ``(out_features,)`` or ``None``.
+        relu: apply ``max(., 0)`` to the result. On the oneDNN path the ReLU is fused into the
+            product (one kernel, one autograd node instead of two).
 
     Returns:
         ``(..., out_features)``.
@@ -132,7 +139,8 @@ def linear(inputs: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
             :func:`torch.nn.functional.linear` path raises PyTorch's own error).
     """
     if not _use_onednn(inputs, weight, bias):
-        return F.linear(inputs, weight, bias)
+        out = F.linear(inputs, weight, bias)
+        return F.relu(out) if relu else out
     # oneDNN's own error for mismatched shapes names no shapes; say which.
     if weight.dim() != 2 or inputs.shape[-1] != weight.shape[1]:
         raise ValueError(
@@ -144,15 +152,40 @@ def linear(inputs: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor
     flat = inputs.reshape(-1, inputs.shape[-1])
     tracked = inputs.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     if torch.is_grad_enabled() and tracked:
-        out = _OneDNNLinear.apply(flat, weight, bias)
+        out = _OneDNNLinear.apply(flat, weight, bias, relu)
     else:
-        out = _onednn_op()(flat, weight, bias, "none", [], "")
+        out = _onednn_op()(flat, weight, bias, "relu" if relu else "none", [], "")
     return out.reshape(*inputs.shape[:-1], weight.shape[0])
 
 
 class Linear(nn.Linear):
-    """:class:`torch.nn.Linear` computed by :func:`linear` (same parameters and state dict)."""
+    """:class:`torch.nn.Linear` computed by :func:`linear` (same parameters and state dict).
+
+    Args:
+        in_features: input width.
+        out_features: output width.
+        bias: learn an additive bias.
+        relu: follow the product with a ReLU (fused into it on the oneDNN path).
+        device: where the parameters live.
+        dtype: their dtype.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        relu: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.relu = bool(relu)
 
     def forward(self, inputs: Tensor) -> Tensor:
         """``(..., in_features)`` -> ``(..., out_features)``."""
-        return linear(inputs, self.weight, self.bias)
+        return linear(inputs, self.weight, self.bias, relu=self.relu)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", relu=True" if self.relu else "")

@@ -152,3 +152,51 @@ def test_mismatched_shapes_name_the_shapes(restore_backend):
         lin.linear(torch.randn(5, 3), torch.randn(2, 4))
     with pytest.raises(ValueError, match=r"bias \(3,\)"):
         lin.linear(torch.randn(5, 3), torch.randn(2, 3), torch.randn(3))
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_relu_matches_relu_of_linear(enabled, with_bias, restore_backend):
+    """linear(relu=True) is relu(F.linear) with its gradients, on either backend; ties at 0 included."""
+    lin.set_onednn_linear(enabled)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(64, 10, generator=gen)
+    w = torch.randn(7, 10, generator=gen)
+    b = torch.randn(7, generator=gen) if with_bias else None
+    x[:5] = 0.0  # rows whose output is exactly the bias (0 without one): the ReLU's kink
+    got = _grads(lambda *a: lin.linear(*a, relu=True), x, w, b)
+    want = _grads(lambda *a: F.relu(F.linear(*a)), x, w, b)
+    assert bool((got[0] == 0).any()) and bool((got[0] > 0).any())  # both sides of the kink are exercised
+    for g, e in zip(got, want, strict=True):
+        if e is None:
+            assert g is None
+        else:
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+    # Negative control: without the ReLU the outputs and the input gradient differ.
+    plain = _grads(lin.linear, x, w, b)
+    assert not torch.allclose(plain[0], got[0]) and not torch.allclose(plain[1], got[1])
+
+
+def test_fused_relu_double_backward(restore_backend):
+    lin.set_onednn_linear(True)
+    w = torch.randn(4, 3, requires_grad=True)
+    results = []
+    for fn in (lambda x: lin.linear(x, w, None, relu=True), lambda x: F.relu(F.linear(x, w))):
+        x = torch.randn(8, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        (g,) = torch.autograd.grad(torch.tanh(fn(x)).sum(), x, create_graph=True)
+        (gw,) = torch.autograd.grad(g.square().sum(), w)
+        results.append(gw)
+    torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
+
+
+def test_relu_mlp_keeps_state_dict_keys():
+    """The hidden layers fuse their ReLU; the Sequential keeps nn.ReLU's slots, so saved keys load."""
+    from sbikit.flows import _relu_mlp
+
+    net = _relu_mlp(3, 8, 2, num_hidden=2)
+    assert list(net.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    old = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    old.load_state_dict(net.state_dict())
+    x = torch.randn(20, 3)
+    torch.testing.assert_close(net(x), old(x), rtol=1e-5, atol=1e-5)
+    assert "relu=True" in repr(net[0]) and not net[-1].relu
