@@ -167,8 +167,9 @@ class ConditionalMADE(nn.Module):
         self.activation = activation
         self.initial_layer = _MaskedLinear(hidden_degrees[:, None] >= in_degrees[None, :])
         self.context_layer = Linear(context_features, hidden_features)
-        # With a ReLU activation the blocks apply it themselves, fused into their product.
+        # With a ReLU activation the layers apply it themselves, fused into their product.
         fuse = activation is torch.relu or activation is nn.functional.relu
+        self.fuse_relu = fuse
         self.blocks = nn.ModuleList(
             _MaskedLinear(hidden_degrees[:, None] >= hidden_degrees[None, :], relu=fuse) for _ in range(num_blocks)
         )
@@ -181,7 +182,13 @@ class ConditionalMADE(nn.Module):
         """Autoregressive parameters ``(n, D * output_multiplier)`` of inputs ``(n, D)`` and context ``(n, C)``."""
         if context is None:
             raise ValueError("ConditionalMADE needs a context")
-        h = self.activation(self.initial_layer(inputs) + self.context_layer(context))
+        if self.fuse_relu:
+            # One product for the features and the context: [y, c] times [W_y * mask, W_c].
+            weight = torch.cat([self.initial_layer.weight * self.initial_layer.mask, self.context_layer.weight], dim=1)
+            bias = self.initial_layer.bias + self.context_layer.bias
+            h = linear(torch.cat([inputs, context], dim=1), weight, bias, relu=True)
+        else:
+            h = self.activation(self.initial_layer(inputs) + self.context_layer(context))
         for block in self.blocks:
             h = block(h) if block.relu else self.activation(block(h))
         return self.final_layer(h)
