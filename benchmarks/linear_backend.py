@@ -4,7 +4,7 @@ Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/linear_backend.py [--reps 5] [--out FILE]
 
-Two measurements, both in CPU seconds of one thread, alternating the two backends so that a
+Measurements in CPU seconds of one thread, alternating the two variants of each so that a
 change in the machine's speed during the run falls on both:
 
 * the three products of a dense layer's training step (forward ``x W^T``, ``grad W`` and
@@ -13,6 +13,8 @@ change in the machine's speed during the run falls on both:
 * a full training step (forward, backward, clipping, fused AdamW) of NPE's default flow on the
   benchmark's two_moons set (10^4 simulations, batches of 512), with
   :func:`sbikit.linear.set_onednn_linear` on and off;
+* the same step with the flow's ReLUs fused into oneDNN's products (the default) and applied
+  as separate operations, alternating;
 * with ``--fit-reps N`` (default 0), ``N`` pairs of whole default ``NPE.fit`` runs on that set
   (seed 0), one with each backend.
 
@@ -43,6 +45,7 @@ from npe_vs_sbi import machine, training_data
 import sbikit
 import simulators
 from sbikit import linear as lin
+from sbikit.flows import ConditionalMADE
 from sbikit.inference.npe import npe_loss
 
 
@@ -109,6 +112,61 @@ def training_step(theta: torch.Tensor, x: torch.Tensor, reps: int) -> dict:
     }
 
 
+def _set_relu_fusion(flow: torch.nn.Module, fused: bool) -> None:
+    """Fuse the flow's ReLUs into the products (the default) or apply them as separate operations."""
+    for module in flow.modules():
+        if isinstance(module, ConditionalMADE) and module.activation is torch.relu:
+            module.fuse_relu = fused
+            for block in module.blocks:
+                block.relu = fused
+        elif isinstance(module, torch.nn.Sequential):
+            for i, layer in enumerate(module):
+                after = module[i + 1] if i + 1 < len(module) else None
+                if isinstance(layer, lin.Linear) and isinstance(after, (torch.nn.Identity, torch.nn.ReLU)):
+                    layer.relu = fused
+                    module[i + 1] = torch.nn.Identity() if fused else torch.nn.ReLU()
+
+
+def relu_fusion_step(theta: torch.Tensor, x: torch.Tensor, reps: int) -> dict:
+    """The default training step with the ReLUs fused into oneDNN's products, against separate ReLUs."""
+    sim = simulators.get("two_moons")
+    flow = sbikit.NPE(sim.prior, device="cpu").fit(theta, x, seed=0, progress=False, max_epochs=1).flow
+    u = sim.prior.to_unconstrained(theta)[:512].float()
+    xb = x[:512]
+    opt = torch.optim.AdamW(flow.parameters(), lr=1e-5, fused=True)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        npe_loss(flow, u, xb).backward()
+        torch.nn.utils.clip_grad_norm_(flow.parameters(), 5.0)
+        opt.step()
+
+    losses = {}
+    with torch.no_grad():
+        for fused in (False, True):
+            _set_relu_fusion(flow, fused)
+            losses[fused] = float(npe_loss(flow, u, xb))
+    times: dict[str, list[float]] = {"separate": [], "fused": []}
+    for _ in range(reps):
+        for name in times:
+            _set_relu_fusion(flow, name == "fused")
+            times[name].append(cpu_us(step, 60) / 1e3)
+    _set_relu_fusion(flow, True)
+    sep, fused = statistics.median(times["separate"]), statistics.median(times["fused"])
+    return {
+        "kind": "relu_fusion_step",
+        "task": "two_moons",
+        "rows": 512,
+        "separate_ms": sep,
+        "fused_ms": fused,
+        "ratio": fused / sep,
+        "loss_separate": losses[False],
+        "loss_fused": losses[True],
+        "separate_ms_all": times["separate"],
+        "fused_ms_all": times["fused"],
+    }
+
+
 def whole_fits(theta: torch.Tensor, x: torch.Tensor, reps: int) -> dict:
     sim = simulators.get("two_moons")
     runs: dict[str, list[dict]] = {"mkl": [], "onednn": []}
@@ -138,7 +196,10 @@ def main() -> None:
     except (OSError, StopIteration):
         pass
     theta, x = training_data("two_moons", 10_000)
-    rows = [products(512, width, args.reps) for width in (128, 96, 64)] + [training_step(theta, x, args.reps)]
+    rows = [products(512, width, args.reps) for width in (128, 96, 64)] + [
+        training_step(theta, x, args.reps),
+        relu_fusion_step(theta, x, args.reps),
+    ]
     if args.fit_reps > 0:
         rows.append(whole_fits(theta, x, args.fit_reps))
     for row in rows:
