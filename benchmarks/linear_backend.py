@@ -116,14 +116,12 @@ def _set_relu_fusion(flow: torch.nn.Module, fused: bool) -> None:
     """Fuse the flow's ReLUs into the products (the default) or apply them as separate operations."""
     for module in flow.modules():
         if isinstance(module, ConditionalMADE) and module.activation is torch.relu:
-            module.fuse_relu = fused
-            for block in module.blocks:
-                block.relu = fused
+            module.fuse_activation = fused
         elif isinstance(module, torch.nn.Sequential):
             for i, layer in enumerate(module):
                 after = module[i + 1] if i + 1 < len(module) else None
                 if isinstance(layer, lin.Linear) and isinstance(after, (torch.nn.Identity, torch.nn.ReLU)):
-                    layer.relu = fused
+                    layer.activation = "relu" if fused else None
                     module[i + 1] = torch.nn.Identity() if fused else torch.nn.ReLU()
 
 

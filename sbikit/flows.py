@@ -119,15 +119,19 @@ class FlowConfig:
         return cls(**{"conditioner": "nflows_made", **data})
 
 
-class _MaskedLinear(Linear):
-    """A linear layer whose weight is multiplied by a fixed 0/1 mask ``(out, in)`` (then a ReLU if ``relu``)."""
+#: Activations that :func:`sbikit.linear.linear` fuses into its product, by function.
+_FUSABLE: dict[Any, str] = {torch.relu: "relu", nn.functional.relu: "relu", torch.tanh: "tanh"}
 
-    def __init__(self, mask: Tensor, *, relu: bool = False) -> None:
-        super().__init__(mask.shape[1], mask.shape[0], relu=relu)
+
+class _MaskedLinear(Linear):
+    """A linear layer whose weight is multiplied by a fixed 0/1 mask ``(out, in)``."""
+
+    def __init__(self, mask: Tensor) -> None:
+        super().__init__(mask.shape[1], mask.shape[0])
         self.register_buffer("mask", mask.to(self.weight.dtype))
 
     def forward(self, inputs: Tensor) -> Tensor:
-        return linear(inputs, self.weight * self.mask, self.bias, relu=self.relu)
+        return linear(inputs, self.weight * self.mask, self.bias)
 
 
 class ConditionalMADE(nn.Module):
@@ -167,11 +171,11 @@ class ConditionalMADE(nn.Module):
         self.activation = activation
         self.initial_layer = _MaskedLinear(hidden_degrees[:, None] >= in_degrees[None, :])
         self.context_layer = Linear(context_features, hidden_features)
-        # With a ReLU activation the layers apply it themselves, fused into their product.
-        fuse = activation is torch.relu or activation is nn.functional.relu
-        self.fuse_relu = fuse
+        #: Fuse a ReLU or tanh ``activation`` into the layers' products (``False``: apply it
+        #: separately; the same function, for comparisons).
+        self.fuse_activation = True
         self.blocks = nn.ModuleList(
-            _MaskedLinear(hidden_degrees[:, None] >= hidden_degrees[None, :], relu=fuse) for _ in range(num_blocks)
+            _MaskedLinear(hidden_degrees[:, None] >= hidden_degrees[None, :]) for _ in range(num_blocks)
         )
         self.final_layer = _MaskedLinear(out_degrees[:, None] > hidden_degrees[None, :])
         # For :meth:`invert`: the hidden units sorted by degree, and where each degree's run ends.
@@ -182,15 +186,18 @@ class ConditionalMADE(nn.Module):
         """Autoregressive parameters ``(n, D * output_multiplier)`` of inputs ``(n, D)`` and context ``(n, C)``."""
         if context is None:
             raise ValueError("ConditionalMADE needs a context")
-        if self.fuse_relu:
-            # One product for the features and the context: [y, c] times [W_y * mask, W_c].
-            weight = torch.cat([self.initial_layer.weight * self.initial_layer.mask, self.context_layer.weight], dim=1)
-            bias = self.initial_layer.bias + self.context_layer.bias
-            h = linear(torch.cat([inputs, context], dim=1), weight, bias, relu=True)
-        else:
-            h = self.activation(self.initial_layer(inputs) + self.context_layer(context))
+        # The activation is looked up at each call, so that assigning another one takes effect.
+        fused = _FUSABLE.get(self.activation) if self.fuse_activation else None
+        # One product for the features and the context: [y, c] times [W_y * mask, W_c].
+        weight = torch.cat([self.initial_layer.weight * self.initial_layer.mask, self.context_layer.weight], dim=1)
+        bias = self.initial_layer.bias + self.context_layer.bias
+        h = linear(torch.cat([inputs, context], dim=1), weight, bias, activation=fused)
+        if fused is None:
+            h = self.activation(h)
         for block in self.blocks:
-            h = block(h) if block.relu else self.activation(block(h))
+            h = linear(h, block.weight * block.mask, block.bias, activation=fused)
+            if fused is None:
+                h = self.activation(h)
         return self.final_layer(h)
 
     def invert(self, inputs: Tensor, context: Tensor, invert_feature: FeatureInverse) -> tuple[Tensor, Tensor]:
@@ -332,7 +339,7 @@ def _relu_mlp(in_features: int, hidden_features: int, out_features: int, *, num_
     layers: list[nn.Module] = []
     width = in_features
     for _ in range(num_hidden):
-        layers += [Linear(width, hidden_features, relu=True), nn.Identity()]
+        layers += [Linear(width, hidden_features, activation="relu"), nn.Identity()]
         width = hidden_features
     layers.append(Linear(width, out_features))
     return nn.Sequential(*layers)

@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 #: Environment variable that turns the oneDNN path off when set to ``0``.
 ENV_VAR = "SBIKIT_ONEDNN_LINEAR"
 
+#: Activations :func:`linear` can apply after the product (fused on the oneDNN path), with
+#: their plain PyTorch form for the other path.
+ACTIVATIONS: dict[str | None, Any] = {None: lambda t: t, "relu": F.relu, "tanh": torch.tanh}
+
 _enabled: bool | None = None  # None: not decided yet (decided at the first call)
 
 
@@ -80,27 +84,33 @@ def set_onednn_linear(enabled: bool) -> None:
 
 
 class _OneDNNLinear(torch.autograd.Function):
-    """``inputs @ weight.T + bias`` (then a ReLU if asked), 2-D CPU ``float32``, all three products by oneDNN."""
+    """``inputs @ weight.T + bias`` (then an activation), 2-D CPU ``float32``, all three products by oneDNN."""
 
     @staticmethod
-    def forward(ctx: Any, inputs: Tensor, weight: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-        out = _onednn_op()(inputs, weight, bias, "relu" if relu else "none", [], "")
-        ctx.save_for_backward(inputs, weight, out if relu else None)
+    def forward(ctx: Any, inputs: Tensor, weight: Tensor, bias: Tensor | None, activation: str | None) -> Tensor:
+        out = _onednn_op()(inputs, weight, bias, activation or "none", [], "")
+        ctx.save_for_backward(inputs, weight, out if activation else None)
         ctx.has_bias = bias is not None
+        ctx.activation = activation
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
-        inputs, weight, relu_out = ctx.saved_tensors
+        inputs, weight, out = ctx.saved_tensors
         need_inputs, need_weight, need_bias, _ = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph=True: differentiable products
-            if relu_out is not None:
-                grad = grad * (relu_out > 0).to(grad.dtype)
+            if ctx.activation == "relu":
+                grad = grad * (out > 0).to(grad.dtype)
+            elif ctx.activation == "tanh":
+                grad = grad * (1.0 - out * out)
             grad_inputs = grad @ weight if need_inputs else None
             grad_weight = grad.t() @ inputs if need_weight else None
         else:
-            if relu_out is not None:  # the ReLU's gradient: grad where the output is positive, else 0
-                grad = torch.ops.aten.threshold_backward(grad, relu_out, 0.0)
+            # The activation's gradient from its output: grad where out > 0 (ReLU), grad (1 - out^2) (tanh).
+            if ctx.activation == "relu":
+                grad = torch.ops.aten.threshold_backward(grad, out, 0.0)
+            elif ctx.activation == "tanh":
+                grad = torch.ops.aten.tanh_backward(grad, out)
             op = _onednn_op()
             # oneDNN reads the transposed views by their strides: no copies.
             grad_inputs = op(grad, weight.t(), None, "none", [], "") if need_inputs else None
@@ -121,26 +131,28 @@ def _use_onednn(inputs: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     )
 
 
-def linear(inputs: Tensor, weight: Tensor, bias: Tensor | None = None, *, relu: bool = False) -> Tensor:
-    """``inputs @ weight.T + bias``, as :func:`torch.nn.functional.linear`, optionally followed by a ReLU.
+def linear(inputs: Tensor, weight: Tensor, bias: Tensor | None = None, *, activation: str | None = None) -> Tensor:
+    """``inputs @ weight.T + bias``, as :func:`torch.nn.functional.linear`, optionally followed by an activation.
 
     Args:
         inputs: ``(..., in_features)``.
         weight: ``(out_features, in_features)``.
         bias: ``(out_features,)`` or ``None``.
-        relu: apply ``max(., 0)`` to the result. On the oneDNN path the ReLU is fused into the
-            product (one kernel, one autograd node instead of two).
+        activation: ``None``, ``"relu"`` or ``"tanh"``, applied to the result. On the oneDNN
+            path it is fused into the product (one kernel, one autograd node instead of two).
 
     Returns:
         ``(..., out_features)``.
 
     Raises:
-        ValueError: on the oneDNN path, when the shapes do not fit together (the
+        ValueError: for an unknown ``activation``; on the oneDNN path, when the shapes do not fit together (the
             :func:`torch.nn.functional.linear` path raises PyTorch's own error).
     """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"linear: activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
     if not _use_onednn(inputs, weight, bias):
         out = F.linear(inputs, weight, bias)
-        return F.relu(out) if relu else out
+        return ACTIVATIONS[activation](out)
     # oneDNN's own error for mismatched shapes names no shapes; say which.
     if weight.dim() != 2 or inputs.shape[-1] != weight.shape[1]:
         raise ValueError(
@@ -152,9 +164,9 @@ def linear(inputs: Tensor, weight: Tensor, bias: Tensor | None = None, *, relu: 
     flat = inputs.reshape(-1, inputs.shape[-1])
     tracked = inputs.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
     if torch.is_grad_enabled() and tracked:
-        out = _OneDNNLinear.apply(flat, weight, bias, relu)
+        out = _OneDNNLinear.apply(flat, weight, bias, activation)
     else:
-        out = _onednn_op()(flat, weight, bias, "relu" if relu else "none", [], "")
+        out = _onednn_op()(flat, weight, bias, activation or "none", [], "")
     return out.reshape(*inputs.shape[:-1], weight.shape[0])
 
 
@@ -165,7 +177,8 @@ class Linear(nn.Linear):
         in_features: input width.
         out_features: output width.
         bias: learn an additive bias.
-        relu: follow the product with a ReLU (fused into it on the oneDNN path).
+        activation: ``None``, ``"relu"`` or ``"tanh"``, applied after the product (fused into
+            it on the oneDNN path).
         device: where the parameters live.
         dtype: their dtype.
     """
@@ -176,16 +189,18 @@ class Linear(nn.Linear):
         out_features: int,
         bias: bool = True,
         *,
-        relu: bool = False,
+        activation: str | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self.relu = bool(relu)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"Linear: activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+        self.activation = activation
 
     def forward(self, inputs: Tensor) -> Tensor:
         """``(..., in_features)`` -> ``(..., out_features)``."""
-        return linear(inputs, self.weight, self.bias, relu=self.relu)
+        return linear(inputs, self.weight, self.bias, activation=self.activation)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (", relu=True" if self.relu else "")
+        return super().extra_repr() + (f", activation={self.activation!r}" if self.activation else "")

@@ -8,6 +8,7 @@ of the density are exercised).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -369,38 +370,44 @@ def test_conditional_made_is_autoregressive() -> None:
     assert (jac_c.abs().sum((1, 2)) > 0).all(), "some output block does not see the context"
 
 
+@pytest.mark.parametrize("activation", [torch.relu, torch.tanh])
 @pytest.mark.parametrize("dtype", [torch.float32, F64])  # oneDNN's path and F.linear's
-def test_conditional_made_fused_relu_equals_unfused(dtype: torch.dtype) -> None:
-    """With ReLU, the MADE's layers fuse it into their products (the first layer reads [y, c]
-    in one product): same outputs, gradients and autoregressive structure as layer by layer."""
+def test_conditional_made_fused_activation_equals_unfused(dtype: torch.dtype, activation: Any) -> None:
+    """With ReLU or tanh, the MADE's layers fuse it into their products (the first layer reads
+    [y, c] in one product): same outputs, gradients and autoregressive structure as separately."""
     from sbikit.flows import ConditionalMADE
 
     torch.manual_seed(0)
-    made = ConditionalMADE(3, 16, 4, num_blocks=2, output_multiplier=5, activation=torch.relu).to(dtype)
-    assert made.fuse_relu and all(block.relu for block in made.blocks)
+    made = ConditionalMADE(3, 16, 4, num_blocks=2, output_multiplier=5, activation=activation).to(dtype)
     _perturb(made, 0.3)
     y = torch.randn(200, 3, dtype=dtype, requires_grad=True)
     c = torch.randn(200, 4, dtype=dtype, requires_grad=True)
     weights = torch.randn(200, 15, dtype=dtype)
+
     results = []
     for fused in (True, False):
-        made.fuse_relu = fused
-        for block in made.blocks:
-            block.relu = fused
+        made.fuse_activation = fused
         made.zero_grad()
         out = made(y, c)
         grads = torch.autograd.grad((out * weights).sum(), [y, c, *made.parameters()])
         results.append((out.detach(), grads))
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # the network written out layer by layer, from the layers' own parameters
+        h = activation(made.initial_layer(y) + made.context_layer(c))
+        for block in made.blocks:
+            h = activation(nn.functional.linear(h, block.weight * block.mask, block.bias))
+        final = made.final_layer
+        reference = nn.functional.linear(h, final.weight * final.mask, final.bias)
+    torch.testing.assert_close(results[0][0], reference, **tol)
     torch.testing.assert_close(results[0][0], results[1][0], **tol)
     for a, b in zip(results[0][1], results[1][1], strict=True):
         torch.testing.assert_close(a, b, **tol)
-    made.fuse_relu = True
-    for block in made.blocks:
-        block.relu = True
+    made.fuse_activation = True
     jac = jacobian(lambda row: made(row[None], c[:1].detach())[0], y[0].detach()).reshape(3, 5, 3)
     dependence = jac.abs().sum(1) > 0
     assert not bool((dependence & ~torch.ones(3, 3).tril(-1).bool()).any()), dependence  # nothing on or above
+    if activation is torch.tanh:  # no dead units: every allowed connection shows
+        assert torch.equal(dependence, torch.ones(3, 3).tril(-1).bool()), dependence
 
 
 def test_spline_layer_equals_nflows_spline_layer() -> None:

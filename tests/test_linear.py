@@ -154,39 +154,51 @@ def test_mismatched_shapes_name_the_shapes(restore_backend):
         lin.linear(torch.randn(5, 3), torch.randn(2, 3), torch.randn(3))
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
 @pytest.mark.parametrize("enabled", [True, False])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_fused_relu_matches_relu_of_linear(enabled, with_bias, restore_backend):
-    """linear(relu=True) is relu(F.linear) with its gradients, on either backend; ties at 0 included."""
+def test_fused_activation_matches_activation_of_linear(activation, enabled, with_bias, restore_backend):
+    """linear(activation=) is the activation of F.linear with its gradients, on either backend; ReLU's kink included."""
     lin.set_onednn_linear(enabled)
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(64, 10, generator=gen)
     w = torch.randn(7, 10, generator=gen)
     b = torch.randn(7, generator=gen) if with_bias else None
     x[:5] = 0.0  # rows whose output is exactly the bias (0 without one): the ReLU's kink
-    got = _grads(lambda *a: lin.linear(*a, relu=True), x, w, b)
-    want = _grads(lambda *a: F.relu(F.linear(*a)), x, w, b)
-    assert bool((got[0] == 0).any()) and bool((got[0] > 0).any())  # both sides of the kink are exercised
+    plain_fn = {"relu": F.relu, "tanh": torch.tanh}[activation]
+    got = _grads(lambda *a: lin.linear(*a, activation=activation), x, w, b)
+    want = _grads(lambda *a: plain_fn(F.linear(*a)), x, w, b)
+    if activation == "relu":
+        assert bool((got[0] == 0).any()) and bool((got[0] > 0).any())  # both sides of the kink are exercised
     for g, e in zip(got, want, strict=True):
         if e is None:
             assert g is None
         else:
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
-    # Negative control: without the ReLU the outputs and the input gradient differ.
+    # Negative control: without the activation the outputs and the input gradient differ.
     plain = _grads(lin.linear, x, w, b)
     assert not torch.allclose(plain[0], got[0]) and not torch.allclose(plain[1], got[1])
 
 
-def test_fused_relu_double_backward(restore_backend):
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_fused_activation_double_backward(activation, restore_backend):
     lin.set_onednn_linear(True)
     w = torch.randn(4, 3, requires_grad=True)
+    plain_fn = {"relu": F.relu, "tanh": torch.tanh}[activation]
     results = []
-    for fn in (lambda x: lin.linear(x, w, None, relu=True), lambda x: F.relu(F.linear(x, w))):
+    for fn in (lambda x: lin.linear(x, w, None, activation=activation), lambda x: plain_fn(F.linear(x, w))):
         x = torch.randn(8, 3, generator=torch.Generator().manual_seed(1), requires_grad=True)
         (g,) = torch.autograd.grad(torch.tanh(fn(x)).sum(), x, create_graph=True)
         (gw,) = torch.autograd.grad(g.square().sum(), w)
         results.append(gw)
     torch.testing.assert_close(results[0], results[1], rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_activation_is_refused():
+    with pytest.raises(ValueError, match="activation"):
+        lin.linear(torch.randn(3, 2), torch.randn(4, 2), activation="gelu")
+    with pytest.raises(ValueError, match="activation"):
+        lin.Linear(2, 4, activation="sigmoid")
 
 
 def test_relu_mlp_keeps_state_dict_keys():
@@ -199,4 +211,4 @@ def test_relu_mlp_keeps_state_dict_keys():
     old.load_state_dict(net.state_dict())
     x = torch.randn(20, 3)
     torch.testing.assert_close(net(x), old(x), rtol=1e-5, atol=1e-5)
-    assert "relu=True" in repr(net[0]) and not net[-1].relu
+    assert "activation='relu'" in repr(net[0]) and net[-1].activation is None
