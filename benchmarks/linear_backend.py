@@ -79,7 +79,10 @@ def products(rows: int, width: int, reps: int) -> dict:
     return out
 
 
-def training_step(theta: torch.Tensor, x: torch.Tensor, reps: int) -> dict:
+def default_step(
+    theta: torch.Tensor, x: torch.Tensor
+) -> tuple[torch.nn.Module, Callable[[], None], Callable[[], float]]:
+    """NPE's default two_moons flow (one epoch trained), one training step on 512 rows, and its loss."""
     sim = simulators.get("two_moons")
     flow = sbikit.NPE(sim.prior, device="cpu").fit(theta, x, seed=0, progress=False, max_epochs=1).flow
     u = sim.prior.to_unconstrained(theta)[:512].float()
@@ -92,6 +95,15 @@ def training_step(theta: torch.Tensor, x: torch.Tensor, reps: int) -> dict:
         torch.nn.utils.clip_grad_norm_(flow.parameters(), 5.0)
         opt.step()
 
+    def loss() -> float:
+        with torch.no_grad():
+            return float(npe_loss(flow, u, xb))
+
+    return flow, step, loss
+
+
+def training_step(theta: torch.Tensor, x: torch.Tensor, reps: int) -> dict:
+    flow, step, _ = default_step(theta, x)
     times: dict[str, list[float]] = {"mkl": [], "onednn": []}
     for _ in range(reps):
         for name, enabled in (("mkl", False), ("onednn", True)):
@@ -127,23 +139,11 @@ def _set_relu_fusion(flow: torch.nn.Module, fused: bool) -> None:
 
 def relu_fusion_step(theta: torch.Tensor, x: torch.Tensor, reps: int) -> dict:
     """The default training step with the ReLUs fused into oneDNN's products, against separate ReLUs."""
-    sim = simulators.get("two_moons")
-    flow = sbikit.NPE(sim.prior, device="cpu").fit(theta, x, seed=0, progress=False, max_epochs=1).flow
-    u = sim.prior.to_unconstrained(theta)[:512].float()
-    xb = x[:512]
-    opt = torch.optim.AdamW(flow.parameters(), lr=1e-5, fused=True)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        npe_loss(flow, u, xb).backward()
-        torch.nn.utils.clip_grad_norm_(flow.parameters(), 5.0)
-        opt.step()
-
+    flow, step, loss = default_step(theta, x)
     losses = {}
-    with torch.no_grad():
-        for fused in (False, True):
-            _set_relu_fusion(flow, fused)
-            losses[fused] = float(npe_loss(flow, u, xb))
+    for fused in (False, True):
+        _set_relu_fusion(flow, fused)
+        losses[fused] = loss()
     times: dict[str, list[float]] = {"separate": [], "fused": []}
     for _ in range(reps):
         for name in times:

@@ -8,7 +8,9 @@ kernel PyTorch's compiler uses for fused linear layers). :func:`linear` computes
 ``inputs @ weight.T + bias`` with oneDNN on the CPU, forward and backward (the three
 products of a training step), and with :func:`torch.nn.functional.linear` everywhere else
 (CUDA, ``float64``, or when oneDNN is missing, fails a self-test at first use, or is turned
-off). The result is the same to rounding. oneDNN is used wherever it is available, without
+off). A ReLU or tanh after the product can be fused into the same oneDNN call
+(``activation=``), which saves an operation and an autograd node per layer. The result is the
+same to rounding. oneDNN is used wherever it is available, without
 timing it first: ``benchmarks/linear_backend.py`` compares the two on the machine at hand,
 and where MKL turns out faster (it may on Intel CPUs; not measured), turn oneDNN off. The
 kernel is a private PyTorch operator; if a PyTorch release drops or changes it, the
