@@ -13,8 +13,8 @@ change in the machine's speed during the run falls on both:
 * a full training step (forward, backward, clipping, fused AdamW) of NPE's default flow on the
   benchmark's two_moons set (10^4 simulations, batches of 512), with
   :func:`sbikit.linear.set_onednn_linear` on and off;
-* the same step with the flow's ReLUs fused into oneDNN's products (the default) and applied
-  as separate operations, alternating;
+* the same step with the conditioners' ReLUs fused into oneDNN's products (the default) and
+  applied as separate operations, alternating;
 * with ``--fit-reps N`` (default 0), ``N`` pairs of whole default ``NPE.fit`` runs on that set
   (seed 0), one with each backend.
 
@@ -125,16 +125,10 @@ def training_step(theta: torch.Tensor, x: torch.Tensor, reps: int) -> dict:
 
 
 def _set_relu_fusion(flow: torch.nn.Module, fused: bool) -> None:
-    """Fuse the flow's ReLUs into the products (the default) or apply them as separate operations."""
+    """Fuse the conditioners' ReLUs into the products (the default) or apply them as separate operations."""
     for module in flow.modules():
-        if isinstance(module, ConditionalMADE) and module.activation is torch.relu:
+        if isinstance(module, ConditionalMADE):
             module.fuse_activation = fused
-        elif isinstance(module, torch.nn.Sequential):
-            for i, layer in enumerate(module):
-                after = module[i + 1] if i + 1 < len(module) else None
-                if isinstance(layer, lin.Linear) and isinstance(after, (torch.nn.Identity, torch.nn.ReLU)):
-                    layer.activation = "relu" if fused else None
-                    module[i + 1] = torch.nn.Identity() if fused else torch.nn.ReLU()
 
 
 def relu_fusion_step(theta: torch.Tensor, x: torch.Tensor, reps: int) -> dict:

@@ -330,16 +330,11 @@ class SplineAutoregressive(_OnePassInverse, MaskedPiecewiseRationalQuadraticAuto
 
 
 def _relu_mlp(in_features: int, hidden_features: int, out_features: int, *, num_hidden: int) -> nn.Sequential:
-    """``num_hidden`` ReLU layers of ``hidden_features`` units, then a linear output layer.
-
-    Each hidden layer is a :class:`sbikit.linear.Linear` with its ReLU fused in, followed by
-    an :class:`torch.nn.Identity` where the ``nn.ReLU`` module used to be, so that the
-    state-dict keys (``0.weight``, ``2.weight``, ...) stay those of posteriors saved before.
-    """
+    """``num_hidden`` ReLU layers of ``hidden_features`` units, then a linear output layer."""
     layers: list[nn.Module] = []
     width = in_features
     for _ in range(num_hidden):
-        layers += [Linear(width, hidden_features, activation="relu"), nn.Identity()]
+        layers += [Linear(width, hidden_features), nn.ReLU()]
         width = hidden_features
     layers.append(Linear(width, out_features))
     return nn.Sequential(*layers)

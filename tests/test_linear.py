@@ -199,16 +199,3 @@ def test_unknown_activation_is_refused():
         lin.linear(torch.randn(3, 2), torch.randn(4, 2), activation="gelu")
     with pytest.raises(ValueError, match="activation"):
         lin.Linear(2, 4, activation="sigmoid")
-
-
-def test_relu_mlp_keeps_state_dict_keys():
-    """The hidden layers fuse their ReLU; the Sequential keeps nn.ReLU's slots, so saved keys load."""
-    from sbikit.flows import _relu_mlp
-
-    net = _relu_mlp(3, 8, 2, num_hidden=2)
-    assert list(net.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
-    old = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
-    old.load_state_dict(net.state_dict())
-    x = torch.randn(20, 3)
-    torch.testing.assert_close(net(x), old(x), rtol=1e-5, atol=1e-5)
-    assert "activation='relu'" in repr(net[0]) and net[-1].activation is None
