@@ -30,7 +30,9 @@ sys.path.insert(0, root)
 sys.path.insert(0, os.path.join(root, "benchmarks"))
 import torch
 torch.set_num_threads(1)
-torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]).zero_grad()  # torch's one-time import
+# torch's one-time import of torch._dynamo, outside the timing; inline rather than
+# npe_vs_sbi.warm_up, which older checkouts lack.
+torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]).zero_grad()
 from npe_vs_sbi import training_data
 import sbikit, simulators
 assert os.path.realpath(sbikit.__file__).startswith(os.path.realpath(root)), sbikit.__file__

@@ -53,7 +53,7 @@ from nflows.transforms import (
 from nflows.transforms.autoregressive import AutoregressiveTransform
 from torch import Tensor, nn
 
-from sbikit.linear import Linear, linear
+from sbikit.linear import Linear, fusable_activation, linear
 from sbikit.splines import rational_quadratic_spline
 
 __all__ = [
@@ -117,10 +117,6 @@ class FlowConfig:
     def from_dict(cls, data: dict[str, Any]) -> FlowConfig:
         """Rebuild a saved config; one saved before ``conditioner`` existed used nflows' MADE."""
         return cls(**{"conditioner": "nflows_made", **data})
-
-
-#: Activations that :func:`sbikit.linear.linear` fuses into its product, by function.
-_FUSABLE: dict[Any, str] = {torch.relu: "relu", nn.functional.relu: "relu", torch.tanh: "tanh"}
 
 
 class _MaskedLinear(Linear):
@@ -187,7 +183,7 @@ class ConditionalMADE(nn.Module):
         if context is None:
             raise ValueError("ConditionalMADE needs a context")
         # The activation is looked up at each call, so that assigning another one takes effect.
-        fused = _FUSABLE.get(self.activation) if self.fuse_activation else None
+        fused = fusable_activation(self.activation) if self.fuse_activation else None
         # One product for the features and the context: [y, c] times [W_y * mask, W_c].
         weight = torch.cat([self.initial_layer.weight * self.initial_layer.mask, self.context_layer.weight], dim=1)
         bias = self.initial_layer.bias + self.context_layer.bias

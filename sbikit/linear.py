@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["Linear", "linear", "onednn_linear_enabled", "set_onednn_linear"]
+__all__ = ["Linear", "fusable_activation", "linear", "onednn_linear_enabled", "set_onednn_linear"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,31 @@ ENV_VAR = "SBIKIT_ONEDNN_LINEAR"
 #: Activations :func:`linear` can apply after the product (fused on the oneDNN path), with
 #: their plain PyTorch form for the other path.
 ACTIVATIONS: dict[str | None, Any] = {None: lambda t: t, "relu": F.relu, "tanh": torch.tanh}
+#: The functions a caller may hold for those activations, by the name :func:`linear` takes.
+_FUSABLE_FUNCTIONS: dict[Any, str] = {torch.relu: "relu", F.relu: "relu", torch.tanh: "tanh"}
+
+
+def fusable_activation(function: Any) -> str | None:
+    """The ``activation=`` name of :func:`linear` for an activation function, or ``None``.
+
+    Args:
+        function: an activation such as :func:`torch.relu`, :func:`torch.nn.functional.relu`
+            or :func:`torch.tanh`.
+
+    Returns:
+        ``"relu"`` or ``"tanh"`` when :func:`linear` can apply ``function`` itself (fused on
+        the oneDNN path), else ``None`` (the caller applies it).
+    """
+    try:
+        return _FUSABLE_FUNCTIONS.get(function)
+    except TypeError:  # an unhashable callable
+        return None
+
+
+def _check_activation(activation: str | None, where: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{where}: activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+
 
 _enabled: bool | None = None  # None: not decided yet (decided at the first call)
 
@@ -150,8 +175,7 @@ def linear(inputs: Tensor, weight: Tensor, bias: Tensor | None = None, *, activa
         ValueError: for an unknown ``activation``; on the oneDNN path, when the shapes do not fit together (the
             :func:`torch.nn.functional.linear` path raises PyTorch's own error).
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"linear: activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+    _check_activation(activation, "linear")
     if not _use_onednn(inputs, weight, bias):
         out = F.linear(inputs, weight, bias)
         return ACTIVATIONS[activation](out)
@@ -196,8 +220,7 @@ class Linear(nn.Linear):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"Linear: activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+        _check_activation(activation, "Linear")
         self.activation = activation
 
     def forward(self, inputs: Tensor) -> Tensor:

@@ -199,3 +199,18 @@ def test_unknown_activation_is_refused():
         lin.linear(torch.randn(3, 2), torch.randn(4, 2), activation="gelu")
     with pytest.raises(ValueError, match="activation"):
         lin.Linear(2, 4, activation="sigmoid")
+
+
+def test_fusable_activation_names():
+    assert lin.fusable_activation(torch.relu) == "relu"
+    assert lin.fusable_activation(F.relu) == "relu"
+    assert lin.fusable_activation(torch.tanh) == "tanh"
+    assert lin.fusable_activation(F.silu) is None  # applied by the caller
+
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+        def __call__(self, t):
+            return t
+
+    assert lin.fusable_activation(Unhashable()) is None
