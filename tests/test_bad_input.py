@@ -172,15 +172,16 @@ def test_auto_flow_picks_nsf_up_to_five_parameters_and_maf_above() -> None:
 
 
 def test_default_batch_and_learning_rate_follow_the_flow(monkeypatch) -> None:
-    # NSF and MAF train with batches of up to 512 on a cosine schedule peaking at 1e-2 and 3e-3,
-    # RealNVP with up to 128 at 1e-3 halved on plateaus (docs/defaults.md).
+    # NSF and MAF train with batches of up to 512 on a cosine schedule peaking at 1e-2 and 3e-3
+    # and stop after 12 epochs without a gain, RealNVP with up to 128 at 1e-3 halved on
+    # plateaus and a patience of 20 (docs/defaults.md).
     import sbikit.inference.npe as npe_module
 
     seen: dict[str, tuple] = {}
     real_fit = npe_module.fit
 
     def spy(model, loss_fn, data, **kwargs):
-        seen[model.config.kind] = (kwargs["batch_size"], kwargs["learning_rate"], kwargs["schedule"])
+        seen[model.config.kind] = tuple(kwargs[k] for k in ("batch_size", "learning_rate", "schedule", "patience"))
         return real_fit(model, loss_fn, data, **kwargs)
 
     monkeypatch.setattr(npe_module, "fit", spy)
@@ -190,14 +191,29 @@ def test_default_batch_and_learning_rate_follow_the_flow(monkeypatch) -> None:
         NPE(_prior(), flow=flow, hidden_features=8, num_transforms=1, device="cpu").fit(
             theta, x, seed=0, max_epochs=1, progress=False
         )
-    assert seen == {"nsf": (512, 1e-2, "cosine"), "maf": (512, 3e-3, "cosine"), "realnvp": (128, 1e-3, "plateau")}
+    assert seen == {
+        "nsf": (512, 1e-2, "cosine", 12),
+        "maf": (512, 3e-3, "cosine", 12),
+        "realnvp": (128, 1e-3, "plateau", 20),
+    }
+    # The shorter patience belongs to the averaged cosine recipe: the plateau schedule keeps
+    # 20, and an explicit patience is always kept.
+    npe = NPE(_prior(), flow="nsf", hidden_features=8, num_transforms=1, device="cpu")
+    posterior = npe.fit(theta, x, seed=0, max_epochs=1, schedule="plateau", progress=False)
+    assert seen["nsf"][2:] == ("plateau", 20) and posterior.info["recipe"]["patience"] == 20
+    npe.fit(theta, x, seed=0, max_epochs=1, patience=3, progress=False)
+    assert seen["nsf"][2:] == ("cosine", 3)
 
 
 def test_cosine_epochs_give_small_sets_more_passes() -> None:
     from sbikit.inference.npe import cosine_epochs, default_recipe
 
-    assert cosine_epochs(9_000) == 60 and cosine_epochs(90_000) == 60
+    assert cosine_epochs(9_000) == 50 and cosine_epochs(90_000) == 50
     assert cosine_epochs(900) == 167 and cosine_epochs(100) == 200
     recipe = default_recipe("nsf", 9_000)
-    assert (recipe.schedule, recipe.max_epochs, recipe.warmup_epochs) == ("cosine", 60, 3.0)
+    assert (recipe.schedule, recipe.max_epochs, recipe.warmup_epochs, recipe.patience) == ("cosine", 50, 3.0, 12)
+    # Without the weight average (FlowDensity) only 60 epochs and a patience of 20 were screened.
+    raw = default_recipe("nsf", 9_000, weight_average=False)
+    assert (raw.max_epochs, raw.patience) == (60, 20)
+    assert default_recipe("nsf", 900, weight_average=False).max_epochs == 167
     assert default_recipe("nsf", 9_000, conv_embedding=True).schedule == "plateau"
