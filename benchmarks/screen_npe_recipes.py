@@ -176,7 +176,9 @@ def main() -> None:
             seed=seed,
             batch_size=cfg.get("bs", 512),
             learning_rate=cfg.get("lr", 3e-3),
-            patience=20,
+            # 20 (longer than NPE's cosine default of 12) records enough of each curve for
+            # benchmarks/replay_patience.py to replay any shorter patience.
+            patience=cfg.get("patience", 20),
             progress=False,
             schedule=cfg.get("schedule", "plateau"),
             max_epochs=cfg.get("epochs", 1000),

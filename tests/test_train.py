@@ -377,3 +377,34 @@ def test_weight_average_is_validated_and_returned_with_the_models_buffers() -> N
     assert math.isfinite(result.best_val_loss) and evaluate(model, _mse, (x, y)) < 0.5 * float(y.var())
     # The running statistics came with it (an average that kept its initial buffers has mean 0).
     assert float(model[0].running_mean.min()) > 2.0
+
+
+def test_patience_only_decides_when_to_stop() -> None:
+    """A run with a shorter patience is a prefix of the longer run, stopped where the rule says.
+
+    This is what lets ``benchmarks/replay_patience.py`` choose NPE's cosine patience from
+    recorded validation curves (docs/defaults.md, thirteenth round).
+    """
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "replay_patience.py"
+    spec = importlib.util.spec_from_file_location("replay_patience", path)
+    assert spec is not None and spec.loader is not None
+    replay_patience = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("replay_patience", replay_patience)  # its dataclass looks itself up there
+    spec.loader.exec_module(replay_patience)
+
+    x, y = _regression(n=300, noise=0.5)
+    kwargs = dict(
+        seed=1, batch_size=8, learning_rate=0.3, schedule="cosine", warmup_epochs=1.0, ema_decay=0.9, progress=False
+    )
+    long = fit(_model(), _mse, (x, y), max_epochs=40, patience=1000, **kwargs)
+    short_patience = 3
+    expected = replay_patience.replay(long.val_loss, short_patience)
+    assert expected.epochs < long.epochs  # the rule fires: a real test of the stop
+    short = fit(_model(), _mse, (x, y), max_epochs=40, patience=short_patience, **kwargs)
+    assert short.stopped_early and short.epochs == expected.epochs
+    assert short.val_loss == long.val_loss[: short.epochs]
+    assert short.best_epoch == expected.best_epoch and short.best_val_loss == expected.best_val

@@ -64,8 +64,8 @@ MAF_LEARNING_RATE = 3e-3
 CONV_LEARNING_RATE = 1e-3
 #: Epochs of the cosine schedule (NSF and MAF) for 9,000 or more training rows (the training
 #: budget; early stopping may end it sooner); smaller sets get more, see :func:`cosine_epochs`.
-#: 50 tied 60 on all four benchmark tasks with the weight average (C2ST within 0.004 at two
-#: training seeds each) in up to 16% less time (docs/defaults.md, thirteenth round).
+#: 50 tied 60 on all four benchmark tasks with the weight average (mean C2ST within 0.002 per
+#: task over 2-3 paired training seeds) in up to 16% less time (docs/defaults.md, thirteenth round).
 COSINE_EPOCHS = 50
 #: The floor without the weight average (``FlowDensity``), where only 60 was screened.
 UNAVERAGED_COSINE_EPOCHS = 60
