@@ -216,4 +216,9 @@ def test_cosine_epochs_give_small_sets_more_passes() -> None:
     raw = default_recipe("nsf", 9_000, weight_average=False)
     assert (raw.max_epochs, raw.patience) == (60, 20)
     assert default_recipe("nsf", 900, weight_average=False).max_epochs == 167
+    # The full 3-epoch warm-up from the default 50 epochs on (2.5 at 50 cost slcp 0.025 C2ST),
+    # proportionally shorter for shorter budgets so that the peak is reached.
+    from sbikit.inference.npe import cosine_warmup
+
+    assert cosine_warmup(50) == cosine_warmup(167) == 3.0 and cosine_warmup(10) == pytest.approx(0.6)
     assert default_recipe("nsf", 9_000, conv_embedding=True).schedule == "plateau"

@@ -195,7 +195,7 @@ class FlowDensity(AnomalyScore):
             learning_rate=base.learning_rate if learning_rate is None else float(learning_rate),
             schedule=schedule,
             max_epochs=epochs,
-            warmup_epochs=min(npe.WARMUP_EPOCHS, 0.05 * epochs) if schedule == "cosine" else 0.0,
+            warmup_epochs=npe.cosine_warmup(epochs) if schedule == "cosine" else 0.0,
         )
         result = fit(
             flow,
