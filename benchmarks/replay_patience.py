@@ -21,7 +21,7 @@ import argparse
 import glob
 import json
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 RECORDED_PATIENCE = 20
@@ -43,6 +43,17 @@ class Stop:
     best_val: float
 
 
+def _counters(val_loss: Sequence[float], min_delta: float) -> Iterator[tuple[int, int, float]]:
+    """Per epoch, :func:`sbikit.train.fit`'s patience counter, best epoch and best loss."""
+    best, best_epoch, since = float("inf"), -1, 0
+    for epoch, value in enumerate(val_loss):
+        gain = value < best - min_delta
+        if value < best:
+            best, best_epoch = value, epoch
+        since = 0 if gain else since + 1
+        yield since, best_epoch, best
+
+
 def replay(val_loss: Sequence[float], patience: int, min_delta: float = MIN_DELTA) -> Stop:
     """Apply the early-stopping rule of :func:`sbikit.train.fit` to a validation curve.
 
@@ -54,27 +65,21 @@ def replay(val_loss: Sequence[float], patience: int, min_delta: float = MIN_DELT
     Returns:
         The stop; ``epochs == len(val_loss)`` when the rule never fires.
     """
-    best, best_epoch, since = float("inf"), -1, 0
-    for epoch, value in enumerate(val_loss):
-        gain = value < best - min_delta
-        if value < best:
-            best, best_epoch = value, epoch
-        since = 0 if gain else since + 1
+    stop = Stop(0, -1, float("inf"))
+    for epoch, (since, best_epoch, best) in enumerate(_counters(val_loss, min_delta)):
+        stop = Stop(epoch + 1, best_epoch, best)
         if since >= patience:
-            return Stop(epoch + 1, best_epoch, best)
-    return Stop(len(val_loss), best_epoch, best)
+            break
+    return stop
 
 
 def longest_broken_stall(val_loss: Sequence[float], min_delta: float = MIN_DELTA) -> int:
     """Longest run of epochs without a gain above ``min_delta`` that a later best ended."""
-    best, best_epoch, since, history = float("inf"), 0, 0, []
-    for epoch, value in enumerate(val_loss):
-        gain = value < best - min_delta
-        if value < best:
-            best, best_epoch = value, epoch
-        since = 0 if gain else since + 1
-        history.append(since)
-    return max(history[: best_epoch + 1], default=0)
+    counters = list(_counters(val_loss, min_delta))
+    if not counters:
+        return 0
+    last_best = counters[-1][1]
+    return max(since for since, _, _ in counters[: last_best + 1])
 
 
 def main() -> None:
@@ -104,11 +109,12 @@ def main() -> None:
         by_task[record["task"]].append(record)
     changed = []
     for task, records in by_task.items():
+        fulls = [replay(r["val_loss"], RECORDED_PATIENCE) for r in records]
         cells = []
         for p in args.patience:
             fractions, moved = [], 0
-            for record in records:
-                full, short = replay(record["val_loss"], RECORDED_PATIENCE), replay(record["val_loss"], p)
+            for record, full in zip(records, fulls, strict=True):
+                short = replay(record["val_loss"], p)
                 fractions.append(short.epochs / full.epochs)
                 if short.best_epoch != full.best_epoch:
                     moved += 1

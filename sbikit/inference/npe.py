@@ -436,8 +436,8 @@ class NPE(FlowEstimator):
         schedule = recipe.schedule if schedule is None else schedule
         max_epochs = recipe.max_epochs if max_epochs is None else max_epochs
         ema_decay = recipe.ema_decay if schedule == "cosine" else None  # screened with the cosine only
-        if patience is None:  # the shorter patience was checked with the averaged cosine recipe only
-            patience = COSINE_PATIENCE if ema_decay is not None else DEFAULT_PATIENCE
+        if patience is None:  # the recipe's patience was checked with its averaged cosine schedule only
+            patience = recipe.patience if ema_decay is not None else DEFAULT_PATIENCE
         used = TrainingRecipe(
             batch_size=recipe.batch_size if batch_size is None else batch_size,
             learning_rate=recipe.learning_rate if learning_rate is None else learning_rate,
