@@ -26,7 +26,7 @@ values shown for optional keys are their defaults)::
     seed = 0
     # batch_size = 512
     # learning_rate = 1e-2      # peak: 1e-2 for nsf, 3e-3 for maf; 1e-3 for realnvp
-    # max_epochs = 50           # nsf/maf: the cosine schedule's length (50 for 10^4 simulations)
+    # max_epochs = 60           # nsf/maf: the cosine schedule's length (60 for 10^4 simulations)
     # schedule = "cosine"       # cosine (nsf, maf) | plateau (realnvp)
     # validation_fraction = 0.1
     # patience = 12             # 12 with the cosine schedule, 20 with the plateau one

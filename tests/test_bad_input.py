@@ -208,17 +208,17 @@ def test_default_batch_and_learning_rate_follow_the_flow(monkeypatch) -> None:
 def test_cosine_epochs_give_small_sets_more_passes() -> None:
     from sbikit.inference.npe import cosine_epochs, default_recipe
 
-    assert cosine_epochs(9_000) == 50 and cosine_epochs(90_000) == 50
+    assert cosine_epochs(9_000) == 60 and cosine_epochs(90_000) == 60
     assert cosine_epochs(900) == 167 and cosine_epochs(100) == 200
     recipe = default_recipe("nsf", 9_000)
-    assert (recipe.schedule, recipe.max_epochs, recipe.warmup_epochs, recipe.patience) == ("cosine", 50, 3.0, 12)
-    # Without the weight average (FlowDensity) only 60 epochs and a patience of 20 were screened.
+    assert (recipe.schedule, recipe.max_epochs, recipe.warmup_epochs, recipe.patience) == ("cosine", 60, 3.0, 12)
+    # Without the weight average (FlowDensity) the patience stays 20.
     raw = default_recipe("nsf", 9_000, weight_average=False)
     assert (raw.max_epochs, raw.patience) == (60, 20)
     assert default_recipe("nsf", 900, weight_average=False).max_epochs == 167
-    # The full 3-epoch warm-up from the default 50 epochs on (2.5 at 50 cost slcp 0.025 C2ST),
-    # proportionally shorter for shorter budgets so that the peak is reached.
+    # The full 3-epoch warm-up from the default 60 epochs on (2.5 in a 50-epoch run cost slcp
+    # 0.025 C2ST), proportionally shorter for shorter budgets so that the peak is reached.
     from sbikit.inference.npe import cosine_warmup
 
-    assert cosine_warmup(50) == cosine_warmup(167) == 3.0 and cosine_warmup(10) == pytest.approx(0.6)
+    assert cosine_warmup(60) == cosine_warmup(167) == 3.0 and cosine_warmup(10) == pytest.approx(0.5)
     assert default_recipe("nsf", 9_000, conv_embedding=True).schedule == "plateau"

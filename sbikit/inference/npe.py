@@ -39,7 +39,6 @@ __all__ = [
     "COSINE_EPOCHS",
     "COSINE_PATIENCE",
     "DEFAULT_PATIENCE",
-    "UNAVERAGED_COSINE_EPOCHS",
     "CONV_LEARNING_RATE",
     "MAF_LEARNING_RATE",
     "VECTOR_LEARNING_RATE",
@@ -65,11 +64,9 @@ MAF_LEARNING_RATE = 3e-3
 CONV_LEARNING_RATE = 1e-3
 #: Epochs of the cosine schedule (NSF and MAF) for 9,000 or more training rows (the training
 #: budget; early stopping may end it sooner); smaller sets get more, see :func:`cosine_epochs`.
-#: 50 tied 60 on all four benchmark tasks with the weight average (mean C2ST within 0.002 per
-#: task over 2-3 paired training seeds) in up to 16% less time (docs/defaults.md, thirteenth round).
-COSINE_EPOCHS = 50
-#: The floor without the weight average (``FlowDensity``), where only 60 was screened.
-UNAVERAGED_COSINE_EPOCHS = 60
+#: 50 was screened and rejected: on two_moons at 5 paired training seeds it was worse than 60
+#: at every seed (mean C2ST 0.560 against 0.552; docs/defaults.md, thirteenth round).
+COSINE_EPOCHS = 60
 #: Early-stopping patience (epochs without a gain of ``min_delta``) of the cosine recipe with
 #: the weight average: on the 112 recorded cosine runs of the tuning rounds, 12 returned the
 #: same weights as 20 (the longest stall before a later best was 11 epochs, 7 with the
@@ -123,29 +120,27 @@ class TrainingRecipe:
     patience: int = DEFAULT_PATIENCE
 
 
-def cosine_epochs(num_train: int, minimum: int = COSINE_EPOCHS) -> int:
-    """Length of the cosine schedule: ``ceil(150,000 / num_train)`` epochs, clipped to [minimum, 200].
+def cosine_epochs(num_train: int) -> int:
+    """Length of the cosine schedule: ``ceil(150,000 / num_train)`` epochs, clipped to [60, 200].
 
-    50 epochs suffice for 9,000 training rows (C2ST as with 60 on the four benchmark tasks, and
-    60 reached the held-out loss of 122 epochs of the plateau schedule on two_moons); with 900
-    rows, 150 epochs reached -0.50 nats against -0.36 for 60 (docs/defaults.md): small sets
-    need more passes for the same number of steps.
+    60 epochs suffice for 9,000 training rows (two_moons: held-out loss -0.961 nats, as low as
+    122 epochs of the plateau schedule; 50 was worse at 5 of 5 paired seeds); with 900 rows,
+    150 epochs reached -0.50 against -0.36 for 60 (docs/defaults.md): small sets need more
+    passes for the same number of steps.
 
     Args:
         num_train: training rows (after the validation split).
-        minimum: the lower clip (``UNAVERAGED_COSINE_EPOCHS`` without the weight average).
     """
-    return int(min(200, max(minimum, math.ceil(150_000 / max(num_train, 1)))))
+    return int(min(200, max(COSINE_EPOCHS, math.ceil(150_000 / max(num_train, 1)))))
 
 
 def cosine_warmup(max_epochs: int) -> float:
     """Warm-up of a cosine schedule of ``max_epochs`` epochs: ``WARMUP_EPOCHS`` (3) from
-    ``COSINE_EPOCHS`` (50) epochs on, proportionally shorter below.
+    ``COSINE_EPOCHS`` (60) epochs on, proportionally shorter below.
 
     A warm-up longer than a short budget would never reach the peak rate. The full 3 epochs
-    matter at the default length: a 2.5-epoch warm-up (an earlier rule, ``0.05 * max_epochs``,
-    at 50 epochs) raised slcp's C2ST from 0.793 / 0.790 to 0.818 / 0.817 at training seeds 0
-    and 1 (docs/defaults.md, thirteenth round).
+    matter: with a 50-epoch schedule, a 2.5-epoch warm-up raised slcp's C2ST from 0.793 / 0.790
+    (3 epochs) to 0.818 / 0.817 at training seeds 0 and 1 (docs/defaults.md, thirteenth round).
 
     Args:
         max_epochs: the schedule's length.
@@ -160,11 +155,11 @@ def default_recipe(
 
     * NSF and MAF on vector data: batches of :func:`npe_batch_size` (512 for 10^4
       simulations), a linear warm-up over 3 epochs to 1e-2 (NSF) or 3e-3 (MAF), then a
-      cosine decay to zero at epoch :func:`cosine_epochs` (50 for 10^4 simulations), early
+      cosine decay to zero at epoch :func:`cosine_epochs` (60 for 10^4 simulations), early
       stopping after ``COSINE_PATIENCE`` (12) epochs without a gain; the weights validated,
       kept and returned are their moving average (``EMA_DECAY`` per step). With
-      ``weight_average=False`` the raw weights are kept, NSF peaks at 6e-3, the schedule lasts
-      at least ``UNAVERAGED_COSINE_EPOCHS`` (60) and the patience is ``DEFAULT_PATIENCE`` (20).
+      ``weight_average=False`` the raw weights are kept, NSF peaks at 6e-3 and the patience is
+      ``DEFAULT_PATIENCE`` (20).
     * RealNVP, or any flow with a jointly trained convolutional embedding: batches of
       :func:`sbikit.train.default_batch_size` (128), 1e-3 halved on plateaus, up to 1000 epochs,
       patience ``DEFAULT_PATIENCE`` (20).
@@ -183,10 +178,8 @@ def default_recipe(
             peak = NSF_LEARNING_RATE if weight_average else VECTOR_LEARNING_RATE
         else:
             peak = MAF_LEARNING_RATE
-        if weight_average:
-            epochs, ema, patience = cosine_epochs(num_train), EMA_DECAY, COSINE_PATIENCE
-        else:
-            epochs, ema, patience = cosine_epochs(num_train, UNAVERAGED_COSINE_EPOCHS), None, DEFAULT_PATIENCE
+        ema, patience = (EMA_DECAY, COSINE_PATIENCE) if weight_average else (None, DEFAULT_PATIENCE)
+        epochs = cosine_epochs(num_train)
         return TrainingRecipe(npe_batch_size(num_train), peak, "cosine", epochs, WARMUP_EPOCHS, ema, patience)
     return TrainingRecipe(default_batch_size(num_train), CONV_LEARNING_RATE, "plateau", 1000, patience=DEFAULT_PATIENCE)
 
@@ -370,7 +363,7 @@ class NPE(FlowEstimator):
                 a plateau one); ``None``: 1e-2 for NSF, 3e-3 for MAF, 1e-3 for RealNVP or a
                 jointly trained CNN.
             max_epochs: cap on epochs, and the length of a cosine schedule; ``None``:
-                :func:`cosine_epochs` for NSF and MAF (cosine; 50 for 10^4 simulations),
+                :func:`cosine_epochs` for NSF and MAF (cosine; 60 for 10^4 simulations),
                 1000 otherwise (plateau).
             schedule: ``"cosine"`` (3 warm-up epochs, then a half cosine to ``max_epochs``)
                 or ``"plateau"`` (halve the rate after ``patience // 3`` epochs without a
