@@ -26,6 +26,14 @@ Usage::
 
 Records are appended to ``--out`` (JSON lines) as soon as each (task, budget, method) is
 done, so an interrupted run keeps what it finished.
+
+The machine's speed drifts (by up to 2x between runs on the shared benchmark machine, and
+within a run between one method's training and the next), so one timing per method gives a
+ratio that moves with the load. ``--time-repeats R`` trains every method of a (task, budget)
+``R - 1`` more times, for timing only, in alternating order (reversed at every other
+repeat), after the scored runs; training is deterministic given the seed, so each repeat is
+the same computation. Each repeat is a ``"kind": "timing"`` record, and the report gives the
+per-repeat ratios and their median.
 """
 
 from __future__ import annotations
@@ -149,6 +157,44 @@ def run_one(task: str, n: int, method: str, num_obs: int, seed: int) -> dict:
     }
 
 
+def time_training(task: str, n: int, method: str, seed: int) -> tuple[float, float, int]:
+    """Train one method on the shared training set, for its timing only.
+
+    Returns:
+        Wall seconds, process CPU seconds and epochs of the training call.
+    """
+    theta, x = training_data(task, n)
+    if method == "sbikit":
+        (wall, cpu), epochs, _ = run_sbikit(task, theta, x, seed)
+    elif method in ("sbikit-maf", "sbikit-nsf"):
+        (wall, cpu), epochs, _ = run_sbikit(task, theta, x, seed, flow=method[7:])
+    elif method.startswith("sbi-"):
+        (wall, cpu), epochs, _ = run_sbi(task, theta, x, seed, method[4:])
+    else:
+        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+    return wall, cpu, epochs
+
+
+def timing_repeat(task: str, n: int, methods: list[str], seed: int, repeat: int) -> dict:
+    """One timing repeat of every method: reversed order at odd ``repeat``, to cancel a drift."""
+    order = list(methods)[::-1] if repeat % 2 else list(methods)
+    wall, cpu, epochs = {}, {}, {}
+    for method in order:
+        wall[method], cpu[method], epochs[method] = time_training(task, n, method, seed)
+    return {
+        "kind": "timing",
+        "task": task,
+        "num_simulations": n,
+        "seed": seed,
+        "repeat": repeat,
+        "order": order,
+        "train_time_s": wall,
+        "train_cpu_s": cpu,
+        "epochs": epochs,
+        "machine": machine(),
+    }
+
+
 def machine() -> dict:
     import nflows
     import sbi
@@ -169,11 +215,15 @@ def machine() -> dict:
 def report(paths: list[str]) -> str:
     """Markdown table from JSON-lines records (the last record of a key wins)."""
     rows: dict[tuple[str, int, str], dict] = {}
+    timings: dict[tuple[str, int], list[dict]] = {}
     for p in paths:
         for line in Path(p).read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                rows[(r["task"], r["num_simulations"], r["method"])] = r
+                if r.get("kind") == "timing":
+                    timings.setdefault((r["task"], r["num_simulations"]), []).append(r)
+                else:
+                    rows[(r["task"], r["num_simulations"], r["method"])] = r
     out = [
         "| task | sims | method | C2ST mean ± std | train wall (s) | train CPU (s) | epochs "
         "| train time ÷ sbi-maf | samples/s | samples/s ÷ sbi-maf |",
@@ -201,6 +251,36 @@ def report(paths: list[str]) -> str:
             f"| {r['task']} | {r['num_simulations']} | {r['method']} | {r['c2st_mean']:.3f} ± {r['c2st_std']:.3f} "
             f"| {r['train_time_s']:.1f} | {cpu} | {r['epochs']} | {ratio} | {r['samples_per_s']:.0f} | {sratio} |"
         )
+    if timings:
+        out += ["", timing_table(rows, timings)]
+    return "\n".join(out)
+
+
+def timing_table(rows: dict[tuple[str, int, str], dict], timings: dict[tuple[str, int], list[dict]]) -> str:
+    """Markdown table of training CPU time ÷ sbi-maf's per repeat (repeat 0: the scored runs)."""
+    out = [
+        "| task | sims | method | train CPU per repeat (s) | ÷ sbi-maf per repeat | median ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (task, n), reps in sorted(timings.items()):
+        reps = sorted(reps, key=lambda r: r["repeat"])
+        methods = [m for m in METHODS if m != "sbi-maf" and all(m in r["train_cpu_s"] for r in reps)]
+        for method in methods:
+            pairs = []
+            first, base = rows.get((task, n, method)), rows.get((task, n, "sbi-maf"))
+            if first and base and "train_cpu_s" in first and "train_cpu_s" in base:
+                pairs.append((first["train_cpu_s"], base["train_cpu_s"]))
+            pairs += [
+                (r["train_cpu_s"][method], r["train_cpu_s"]["sbi-maf"]) for r in reps if "sbi-maf" in r["train_cpu_s"]
+            ]
+            if not pairs:
+                continue
+            times = ", ".join(f"{a:.1f} / {b:.1f}" for a, b in pairs)
+            ratios = [a / b for a, b in pairs]
+            out.append(
+                f"| {task} | {n} | {method} | {times} | {', '.join(f'{q:.2f}' for q in ratios)} "
+                f"| **{float(np.median(ratios)):.2f}** |"
+            )
     return "\n".join(out)
 
 
@@ -222,6 +302,12 @@ def main() -> None:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--num-obs", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--time-repeats",
+        type=int,
+        default=1,
+        help="train every method this many times in all (alternating order) and report the median time ratio",
+    )
     p.add_argument("--out", default=str(ROOT / "results" / "npe_vs_sbi.jsonl"))
     p.add_argument("--report", nargs="*", help="print a markdown table of these JSON-lines files and exit")
     args = p.parse_args()
@@ -243,6 +329,11 @@ def main() -> None:
                     f"train {r['train_time_s']:.1f} s ({r['epochs']} epochs), {r['samples_per_s']:.0f} samples/s",
                     flush=True,
                 )
+            for repeat in range(1, args.time_repeats):
+                r = timing_repeat(task, n, args.methods, args.seed, repeat)
+                with out.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
+                print(f"{task} n={n} timing repeat {repeat}: train CPU {r['train_cpu_s']}", flush=True)
 
 
 if __name__ == "__main__":
