@@ -119,17 +119,21 @@ def run_sbi(task: str, theta: torch.Tensor, x: torch.Tensor, seed: int, estimato
     return train_time, epochs, sample
 
 
-def run_one(task: str, n: int, method: str, num_obs: int, seed: int) -> dict:
+def train_method(task: str, n: int, method: str, seed: int):
+    """Train ``method`` on the shared training set: ``((wall s, CPU s), epochs, sample)``."""
     theta, x = training_data(task, n)
-    ref = load_reference(task)
     if method == "sbikit":
-        train_time, epochs, sample = run_sbikit(task, theta, x, seed)
-    elif method in ("sbikit-maf", "sbikit-nsf"):
-        train_time, epochs, sample = run_sbikit(task, theta, x, seed, flow=method[7:])
-    elif method.startswith("sbi-"):
-        train_time, epochs, sample = run_sbi(task, theta, x, seed, method[4:])
-    else:
-        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+        return run_sbikit(task, theta, x, seed)
+    if method in ("sbikit-maf", "sbikit-nsf"):
+        return run_sbikit(task, theta, x, seed, flow=method[7:])
+    if method.startswith("sbi-"):
+        return run_sbi(task, theta, x, seed, method[4:])
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def run_one(task: str, n: int, method: str, num_obs: int, seed: int) -> dict:
+    ref = load_reference(task)
+    train_time, epochs, sample = train_method(task, n, method, seed)
     scores, sample_time, sample_cpu = [], 0.0, 0.0
     for i in range(num_obs):
         t, c = time.perf_counter(), time.process_time()
@@ -157,30 +161,12 @@ def run_one(task: str, n: int, method: str, num_obs: int, seed: int) -> dict:
     }
 
 
-def time_training(task: str, n: int, method: str, seed: int) -> tuple[float, float, int]:
-    """Train one method on the shared training set, for its timing only.
-
-    Returns:
-        Wall seconds, process CPU seconds and epochs of the training call.
-    """
-    theta, x = training_data(task, n)
-    if method == "sbikit":
-        (wall, cpu), epochs, _ = run_sbikit(task, theta, x, seed)
-    elif method in ("sbikit-maf", "sbikit-nsf"):
-        (wall, cpu), epochs, _ = run_sbikit(task, theta, x, seed, flow=method[7:])
-    elif method.startswith("sbi-"):
-        (wall, cpu), epochs, _ = run_sbi(task, theta, x, seed, method[4:])
-    else:
-        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-    return wall, cpu, epochs
-
-
 def timing_repeat(task: str, n: int, methods: list[str], seed: int, repeat: int) -> dict:
     """One timing repeat of every method: reversed order at odd ``repeat``, to cancel a drift."""
     order = list(methods)[::-1] if repeat % 2 else list(methods)
     wall, cpu, epochs = {}, {}, {}
     for method in order:
-        wall[method], cpu[method], epochs[method] = time_training(task, n, method, seed)
+        (wall[method], cpu[method]), epochs[method], _ = train_method(task, n, method, seed)
     return {
         "kind": "timing",
         "task": task,
