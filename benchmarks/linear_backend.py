@@ -181,12 +181,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    where = machine()
-    try:  # the CPU model: the backends' relative speed depends on it
-        with open("/proc/cpuinfo") as f:
-            where["cpu_model"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    where = machine()  # with the CPU model, family and instruction set: the backends' relative speed depends on them
     theta, x = training_data("two_moons", 10_000)
     rows = [products(512, width, args.reps) for width in (128, 96, 64)] + [
         training_step(theta, x, args.reps),

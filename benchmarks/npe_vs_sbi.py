@@ -181,6 +181,27 @@ def timing_repeat(task: str, n: int, methods: list[str], seed: int, repeat: int)
     }
 
 
+def cpu_info() -> dict:
+    """This CPU's model name, family and model (``/proc/cpuinfo``) and what picks sbikit's products.
+
+    The relative speed of sbikit (oneDNN or MKL products, ``sbikit.linear``) and sbi depends on
+    the CPU, and the hosts of this machine kind differ (AVX2 and AVX-512 AMD CPUs).
+    """
+    from sbikit.linear import cpu_description
+
+    fields = {"model name": "cpu_model", "cpu family": "cpu_family", "model": "cpu_model_number"}
+    info: dict = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in fields and fields[key.strip()] not in info:
+                    info[fields[key.strip()]] = value.strip()
+    except OSError:
+        pass
+    return {**info, **cpu_description()}
+
+
 def machine() -> dict:
     import nflows
     import sbi
@@ -195,6 +216,7 @@ def machine() -> dict:
         "sbi": sbi.__version__,
         "nflows": getattr(nflows, "__version__", "?"),
         "sbikit": getattr(sbikit, "__version__", "?"),
+        **cpu_info(),
     }
 
 

@@ -1,23 +1,33 @@
-"""Dense layers of the flows, with oneDNN's matrix products on the CPU.
+"""Dense layers of the flows, with MKL's or oneDNN's matrix products on the CPU.
 
-PyTorch's CPU build multiplies ``float32`` matrices with MKL. On CPUs that MKL does not
-tune for (measured on an "AMD EPYC" machine with two vCPUs, one thread), its products of the
-shapes a flow's conditioner uses (512 x 128 by 128 x 128) take about twice as long as
-oneDNN's, which the same build also ships (``torch.ops.mkldnn._linear_pointwise``, the
-kernel PyTorch's compiler uses for fused linear layers). :func:`linear` computes
-``inputs @ weight.T + bias`` with oneDNN on the CPU, forward and backward (the three
-products of a training step), and with :func:`torch.nn.functional.linear` everywhere else
-(CUDA, ``float64``, or when oneDNN is missing, fails a self-test at first use, or is turned
-off). A ReLU or tanh after the product can be fused into the same oneDNN call
-(``activation=``), which saves an operation and an autograd node per layer. The result is the
-same to rounding. oneDNN is used wherever it is available, without
-timing it first: ``benchmarks/linear_backend.py`` compares the two on the machine at hand,
-and where MKL turns out faster (it may on Intel CPUs; not measured), turn oneDNN off. The
-kernel is a private PyTorch operator; if a PyTorch release drops or changes it, the
-self-test fails and :func:`torch.nn.functional.linear` is used.
+PyTorch's CPU build multiplies ``float32`` matrices with MKL, and also ships oneDNN
+(``torch.ops.mkldnn._linear_pointwise``, the kernel PyTorch's compiler uses for fused linear
+layers). Which is faster depends on the CPU. MKL runs its AVX2 kernels on AMD processors
+whatever they support, while oneDNN dispatches on the instruction set alone. On the
+eleventh round's host ("AMD EPYC"; its instruction set was not recorded, but oneDNN's
+~185 GFLOP/s on one thread is more than an AVX2 core reaches, so it had AVX-512), oneDNN's
+products of the shapes a flow's conditioner uses (512 x 128 by 128 x 128, one thread) took
+0.50-0.65 of MKL's time (benchmarks/RESULTS.md); on an AMD host with AVX2 only (EPYC family
+25 model 1) they took 1.08-1.50 of MKL's time, and a default NSF training step 1.32 of it
+(fifteenth round). :func:`linear` computes ``inputs @ weight.T +
+bias`` with oneDNN, forward and backward (the three products of a training step), when
+:func:`onednn_linear_enabled` says so, and with :func:`torch.nn.functional.linear` otherwise
+(CUDA, ``float64``, when oneDNN is missing or fails a self-test at first use, or is off).
 
-Turn it off with the environment variable ``SBIKIT_ONEDNN_LINEAR=0`` (read once, at the
-first call) or :func:`set_onednn_linear`.
+By default (``auto``) oneDNN is on where :func:`prefers_onednn` holds: an AMD CPU on which
+PyTorch reports AVX-512. The rule is a fixed property of the machine, not a timing taken at
+run time, so that a seeded fit gives the same numbers in every process on the same machine
+(the two backends round differently). ``benchmarks/linear_backend.py`` compares both on the
+machine at hand; Intel CPUs with AVX-512 keep MKL (not measured: MKL uses AVX-512 there).
+
+A ReLU or tanh after the product can be fused into the same oneDNN call (``activation=``),
+which saves an operation and an autograd node per layer. The result is the same to
+rounding. The kernel is a private PyTorch operator; if a PyTorch release drops or changes
+it, the self-test fails and :func:`torch.nn.functional.linear` is used.
+
+Choose with the environment variable ``SBIKIT_ONEDNN_LINEAR`` (read once, at the first
+call): ``1`` on wherever the kernel works, ``0`` off, ``auto`` (or unset) the rule above;
+or with :func:`set_onednn_linear`.
 """
 
 from __future__ import annotations
@@ -30,12 +40,21 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["Linear", "fusable_activation", "linear", "onednn_linear_enabled", "set_onednn_linear"]
+__all__ = [
+    "Linear",
+    "cpu_description",
+    "fusable_activation",
+    "linear",
+    "onednn_linear_enabled",
+    "prefers_onednn",
+    "set_onednn_linear",
+]
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable that turns the oneDNN path off when set to ``0``.
+#: Environment variable choosing the CPU products: ``1`` oneDNN, ``0`` MKL, ``auto`` (default) :func:`prefers_onednn`.
 ENV_VAR = "SBIKIT_ONEDNN_LINEAR"
+_ON, _OFF = ("1", "on", "true", "yes"), ("0", "off", "false", "no")
 
 #: Activations :func:`linear` can apply after the product (fused on the oneDNN path), with
 #: their plain PyTorch form for the other path.
@@ -90,12 +109,79 @@ def _self_test() -> bool:
     return bool(torch.allclose(got, F.linear(x, w, b), atol=1e-5) and torch.allclose(grad_w, x.t() @ x, atol=1e-4))
 
 
+def _cpu_vendor() -> str:
+    """The CPU's vendor string (``AuthenticAMD``, ``GenuineIntel``) from ``/proc/cpuinfo``, or ``""``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def _cpu_capability() -> str:
+    """PyTorch's vector instruction set on this CPU (``"AVX2"``, ``"AVX512"``, ...)."""
+    try:
+        return str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # noqa: BLE001  (an older or unusual build: unknown)
+        return ""
+
+
+def cpu_description() -> dict[str, str]:
+    """What decides the CPU backend, for benchmark records.
+
+    Returns:
+        ``vendor`` (``/proc/cpuinfo``'s ``vendor_id``, ``""`` where unknown), ``capability``
+        (PyTorch's vector instruction set) and ``linear_backend`` (``"onednn"`` or ``"mkl"``,
+        what :func:`linear` uses for CPU ``float32`` products now).
+    """
+    return {
+        "vendor": _cpu_vendor(),
+        "capability": _cpu_capability(),
+        "linear_backend": "onednn" if onednn_linear_enabled() else "mkl",
+    }
+
+
+def prefers_onednn(vendor: str | None = None, capability: str | None = None) -> bool:
+    """Whether oneDNN's products are expected to beat MKL's on this CPU: AMD with AVX-512.
+
+    MKL runs AVX2 kernels on AMD CPUs; oneDNN uses AVX-512 where the CPU has it, and was
+    measured at 0.50-0.65 of MKL's time on a host that (by its speed) had AVX-512 and at
+    1.08-1.50 of it on an AMD host with AVX2 only (module docstring).
+
+    Args:
+        vendor: the CPU vendor string; ``None`` reads this machine's.
+        capability: PyTorch's vector instruction set; ``None`` reads this machine's.
+
+    Returns:
+        ``True`` for an ``AuthenticAMD`` CPU with an ``AVX512`` capability.
+    """
+    vendor = _cpu_vendor() if vendor is None else vendor
+    capability = _cpu_capability() if capability is None else capability
+    return vendor == "AuthenticAMD" and capability.upper().startswith("AVX512")
+
+
 def onednn_linear_enabled() -> bool:
-    """Whether :func:`linear` uses oneDNN for CPU ``float32`` products (decided at the first call)."""
+    """Whether :func:`linear` uses oneDNN for CPU ``float32`` products (decided at the first call).
+
+    Raises:
+        ValueError: ``SBIKIT_ONEDNN_LINEAR`` is set to something other than ``1``, ``0`` or ``auto``.
+    """
     global _enabled
     if _enabled is None:
-        _enabled = os.environ.get(ENV_VAR, "1").strip() != "0" and _self_test()
-        logger.debug("oneDNN linear layers %s", "on" if _enabled else "off")
+        setting = os.environ.get(ENV_VAR, "auto").strip().lower()
+        if setting in _ON:
+            wanted = True
+        elif setting in _OFF:
+            wanted = False
+        elif setting in ("auto", ""):
+            wanted = prefers_onednn()
+        else:
+            raise ValueError(f"{ENV_VAR} must be 1, 0 or auto, got {os.environ[ENV_VAR]!r}")
+        _enabled = wanted and _self_test()
+        logger.debug("oneDNN linear layers %s (%s=%s)", "on" if _enabled else "off", ENV_VAR, setting or "auto")
     return _enabled
 
 
