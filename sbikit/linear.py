@@ -8,7 +8,7 @@ eleventh round's host ("AMD EPYC"; its instruction set was not recorded, but one
 ~185 GFLOP/s on one thread is more than an AVX2 core reaches, so it had AVX-512), oneDNN's
 products of the shapes a flow's conditioner uses (512 x 128 by 128 x 128, one thread) took
 0.50-0.65 of MKL's time (benchmarks/RESULTS.md); on an AMD host with AVX2 only (EPYC family
-25 model 1) they took 1.08-1.50 of MKL's time, and a default NSF training step 1.32 of it
+25 model 1) they took 1.08-1.50 of MKL's time, and a default NSF training step 1.21-1.32 of it
 (fifteenth round). :func:`linear` computes ``inputs @ weight.T +
 bias`` with oneDNN, forward and backward (the three products of a training step), when
 :func:`onednn_linear_enabled` says so, and with :func:`torch.nn.functional.linear` otherwise
@@ -52,7 +52,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Environment variable choosing the CPU products: ``1`` oneDNN, ``0`` MKL, ``auto`` (default) :func:`prefers_onednn`.
+#: Environment variable for the CPU products: ``1`` oneDNN, ``0`` MKL, ``auto`` (default) by :func:`prefers_onednn`.
 ENV_VAR = "SBIKIT_ONEDNN_LINEAR"
 _ON, _OFF = ("1", "on", "true", "yes"), ("0", "off", "false", "no")
 
