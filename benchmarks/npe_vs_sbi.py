@@ -187,18 +187,11 @@ def cpu_info() -> dict:
     The relative speed of sbikit (oneDNN or MKL products, ``sbikit.linear``) and sbi depends on
     the CPU, and the hosts of this machine kind differ (AVX2 and AVX-512 AMD CPUs).
     """
-    from sbikit.linear import cpu_description
+    from sbikit.linear import _proc_cpuinfo, cpu_description
 
     fields = {"model name": "cpu_model", "cpu family": "cpu_family", "model": "cpu_model_number"}
-    info: dict = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in fields and fields[key.strip()] not in info:
-                    info[fields[key.strip()]] = value.strip()
-    except OSError:
-        pass
+    found = _proc_cpuinfo()
+    info = {name: found[key] for key, name in fields.items() if key in found}
     return {**info, **cpu_description()}
 
 

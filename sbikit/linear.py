@@ -109,16 +109,26 @@ def _self_test() -> bool:
     return bool(torch.allclose(got, F.linear(x, w, b), atol=1e-5) and torch.allclose(grad_w, x.t() @ x, atol=1e-4))
 
 
-def _cpu_vendor() -> str:
-    """The CPU's vendor string (``AuthenticAMD``, ``GenuineIntel``) from ``/proc/cpuinfo``, or ``""``."""
+def _proc_cpuinfo() -> dict[str, str]:
+    """The first CPU's entries of ``/proc/cpuinfo`` (``vendor_id``, ``model name``, ...); ``{}`` where there is none."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
             for line in info:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
+                key, sep, value = line.partition(":")
+                if not sep:
+                    if fields:  # the blank line after the first CPU's block
+                        break
+                    continue
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return ""
+    return fields
+
+
+def _cpu_vendor() -> str:
+    """The CPU's vendor string (``AuthenticAMD``, ``GenuineIntel``) from ``/proc/cpuinfo``, or ``""``."""
+    return _proc_cpuinfo().get("vendor_id", "")
 
 
 def _cpu_capability() -> str:
