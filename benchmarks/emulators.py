@@ -10,10 +10,12 @@ Task ``sersic`` (32 x 32 galaxy, 5 parameters; or ``grf``). Steps, all seeded:
    compressor of step 3 is always fitted on the prior-drawn set.
 2. Each emulator (``cvae``: :class:`sbikit.emulators.ConditionalVAE`, ``wgan``:
    :class:`sbikit.emulators.ConditionalWGAN`) is fitted on it (seed 0). The CVAE has 256
-   hidden units, ``latent_dim`` 8 and, by default here, ``decoder="pca"`` with 64 components
+   hidden units (``--hidden-features``), ``latent_dim`` 8 and, by default here, ``decoder="pca"`` with 64 components
    (``--cvae-decoder``, ``--num-components``; chosen by ``benchmarks/screen_emulators.py``);
    the first recorded run (2026-12-01) used ``--cvae-decoder mlp``, the library default.
-   ``--cvae-amplitude-head`` builds it with ``amplitude_head=True``;
+   ``--cvae-amplitude-head`` builds it with ``amplitude_head=True``; on ``grf`` pass
+   ``--cvae-decoder spectral`` (a stationary filter of a white latent field, whose size then
+   replaces ``latent_dim``);
    ``--cvae-schedule cosine`` switches its learning-rate schedule (then pass a large
    ``--patience`` to use the whole ``--max-epochs`` budget).
 3. A :class:`sbikit.compressors.Regression` CNN is fitted on the REAL training set (seed 0);
@@ -94,7 +96,7 @@ def machine() -> dict[str, Any]:
 def build_emulator(name: str, prior: Any, args: argparse.Namespace) -> Any:
     common = {
         "num_components": args.num_components,
-        "hidden_features": 256,
+        "hidden_features": args.hidden_features,
         "channels": tuple(args.channels),
         "prior": prior,
     }
@@ -278,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--max-epochs", type=int, default=200, help="emulators and compressor")
     parser.add_argument("--patience", type=int, default=20, help="CVAE early stopping")
-    parser.add_argument("--cvae-decoder", choices=("mlp", "pca", "conv"), default="pca")
+    parser.add_argument("--cvae-decoder", choices=("mlp", "pca", "conv", "spectral"), default="pca")
+    parser.add_argument("--hidden-features", type=int, default=256, help="width of the emulators' networks")
     parser.add_argument("--num-components", type=int, default=64, help="basis size (CVAE decoder / WGAN generator pca)")
     parser.add_argument("--wgan-generator", choices=("mlp", "pca", "conv"), default="mlp")
     parser.add_argument("--cvae-schedule", choices=("plateau", "cosine"), default="plateau")

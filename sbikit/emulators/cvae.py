@@ -5,6 +5,11 @@ decoder mean ``mu`` and a learned scale ``s`` per output element (``eps ~ N(0, I
 deterministic part that the latent variable can vary plus independent Gaussian noise,
 which is what many instrument simulators produce (the ``sersic`` galaxy plus white pixel
 noise is exactly of this form).
+
+For random fields (``decoder="spectral"``) the latent variable is a white field of the image's
+size and the decoder a stationary, isotropic linear filter of it whose transfer function is a
+network of ``(|k|, theta)`` (:mod:`sbikit.emulators.spectral`), added to a mean image of
+``theta``: a Gaussian, stationary field with a learned power spectrum ``P(|k|, theta)``.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import Tensor, nn
 
 from sbikit.compressors.cnn import DEFAULT_CHANNELS, ConvDecoder, ConvEncoder
 from sbikit.emulators.base import Emulator, mlp
+from sbikit.emulators.spectral import filter_fields, radial_frequencies
 from sbikit.priors import make_generator
 from sbikit.train import FitResult, StreamingData, fit
 from sbikit.utils import resolve_device
@@ -29,9 +35,12 @@ __all__ = ["ConditionalVAE", "cvae_loss", "cvae_terms", "DECODERS"]
 logger = logging.getLogger(__name__)
 
 _LOG_2PI = math.log(2 * math.pi)
-#: Decoders for images: convolutional (``ConvDecoder``), an MLP to all pixels, or an MLP to the
-#: coefficients of the training images' leading principal components.
-DECODERS: tuple[str, ...] = ("conv", "mlp", "pca")
+#: Decoders for images: convolutional (``ConvDecoder``), an MLP to all pixels, an MLP to the
+#: coefficients of the training images' leading principal components, or a stationary filter of
+#: a white latent field (random fields).
+DECODERS: tuple[str, ...] = ("conv", "mlp", "pca", "spectral")
+# log transfer functions and log variances of decoder="spectral" are clamped to this range
+_LOG_CLAMP = 12.0
 # log noise scale = _NOISE_GAIN * parameter: a learning rate 10x that of the weights for it.
 _NOISE_GAIN = 10.0
 
@@ -51,9 +60,14 @@ def cvae_terms(model: ConditionalVAE, theta_s: Tensor, x_s: Tensor, eps: Tensor)
         x_s: standardised data ``(b, *x_shape)``.
         eps: standard normal noise ``(b, latent_dim)``.
 
+    With ``decoder="spectral"`` (:meth:`ConditionalVAE._spectral_terms`) ``eps`` has the
+    image's shape and both Gaussians are stationary fields.
+
     Returns:
         ``(reconstruction, kl)``, each ``(b,)``, in nats of standardised data.
     """
+    if model.uses_spectral:
+        return model._spectral_terms(theta_s, x_s, eps)
     mu, log_var = model._posterior(x_s, theta_s)
     z = mu + torch.exp(0.5 * log_var) * eps
     r = (x_s - model._decode(z, theta_s)).flatten(1)
@@ -77,7 +91,7 @@ def cvae_loss(model: ConditionalVAE, theta_s: Tensor, x_s: Tensor) -> Tensor:
     Returns:
         Scalar tensor (nats per row).
     """
-    eps = torch.randn(x_s.shape[0], model.latent_dim, device=x_s.device)
+    eps = torch.randn(x_s.shape[0], *model.latent_shape, device=x_s.device)
     recon, kl = cvae_terms(model, theta_s, x_s, eps)
     return (recon + model.beta * kl).mean()
 
@@ -114,15 +128,35 @@ class ConditionalVAE(Emulator):
     the bright compact prior corner's largest power error 0.40 / 0.44 -> 0.13 / 0.15; not
     the default (not yet through the full benchmark).
 
+    ``decoder="spectral"`` (images) is for statistically homogeneous fields (Gaussian random
+    fields, noise maps, textures): ``x = m(theta) + L(theta) z + s(theta) * eps`` with ``z`` a
+    white field of the image's shape (``latent_dim`` is then set to the number of pixels),
+    ``L(theta) = F^H diag(t(|k|, theta)) F`` a stationary isotropic filter (``F`` the
+    orthonormal 2-d DFT, per channel), and a level ``m`` and white-noise scale ``s`` per
+    channel from an MLP of ``theta`` (constant over the pixels, as a stationary field's mean
+    and variance are). The encoder is the same kind of map, ``q(z | x, theta) =
+    N(F^H diag(g) F (x - m), F^H diag(v) F)``, which contains the exact posterior of this
+    linear-Gaussian model (``g = t / (t^2 + s^2)``, ``v = s^2 / (t^2 + s^2)``), so the ELBO
+    can reach ``log p(x | theta)``. ``t``, ``g`` and ``log v`` come from one MLP of
+    ``(log |k|, theta)`` evaluated at each distinct ``|k|``; the output's power spectrum is
+    ``t^2 + s^2``.
+    An emulated field is always Gaussian given ``theta`` (no phase structure, no channel
+    correlations), so it suits fields whose information is in the power spectrum; centred
+    objects need the other decoders. On ``grf`` it is the decoder of the benchmark
+    (benchmarks/RESULTS.md); a truncated principal-component basis cannot represent such
+    full-rank images, and the latent of the other decoders is too small for their randomness.
+
     Args:
         latent_dim: dimension of ``z``.
         hidden_features: width of the MLPs (and of the image encoder's features).
         num_layers: hidden layers of the vector MLPs.
         channels: channels per convolutional stage (images).
         beta: weight of the KL term (``1`` is the ELBO).
-        decoder: ``"mlp"``, ``"pca"`` or ``"conv"`` for images (vectors always use an MLP).
+        decoder: ``"mlp"``, ``"pca"``, ``"conv"`` or ``"spectral"`` for images (vectors always use
+            an MLP; ``"spectral"`` needs images).
         num_components: size of the basis of ``decoder="pca"`` (at most ``H W``).
-        amplitude_head: decoder output ``a + exp(s) * b`` (see above); not with ``"conv"``.
+        amplitude_head: decoder output ``a + exp(s) * b`` (see above); not with ``"conv"`` or
+            ``"spectral"``.
         x_shape, theta_dim, prior, theta_names: see :class:`~sbikit.emulators.Emulator`.
     """
 
@@ -159,8 +193,8 @@ class ConditionalVAE(Emulator):
         if int(num_components) < 1:
             raise ValueError(f"num_components must be a positive integer, got {num_components}")
         self.num_components = int(num_components)
-        if amplitude_head and decoder == "conv":
-            raise ValueError("amplitude_head needs an MLP decoder (decoder='mlp' or 'pca'), not decoder='conv'")
+        if amplitude_head and decoder in ("conv", "spectral"):
+            raise ValueError(f"amplitude_head needs an MLP decoder (decoder='mlp' or 'pca'), not decoder={decoder!r}")
         self.amplitude_head = bool(amplitude_head)
         self._maybe_build()
 
@@ -178,7 +212,9 @@ class ConditionalVAE(Emulator):
     def _build(self) -> None:
         assert self.x_shape is not None and self.theta_dim is not None
         d, k, h = self.theta_dim, self.latent_dim, self.hidden_features
-        if self.is_image:
+        if self.decoder_kind == "spectral":
+            self._build_spectral()
+        elif self.is_image:
             self.encoder = ConvEncoder(self.x_shape, h, channels=self.channels, pooling="flatten")
             self.encoder_head = mlp(h + d, 2 * k, h, 1)
             if self.decoder_kind == "conv":
@@ -194,7 +230,91 @@ class ConditionalVAE(Emulator):
             self.encoder = mlp(size + d, 2 * k, h, self.num_layers)
             self.encoder_head = nn.Identity()
             self.decoder = mlp(k + d, self._head_size(size), h, self.num_layers)
-        self.noise_scale_raw = nn.Parameter(torch.zeros(self.x_shape))
+        if not self.uses_spectral:  # decoder="spectral" has a noise scale per channel, from theta
+            self.noise_scale_raw = nn.Parameter(torch.zeros(self.x_shape))
+
+    def _build_spectral(self) -> None:
+        """Networks of ``decoder="spectral"``: one MLP of ``theta`` to each channel's mean and log
+        noise scale, one MLP of ``(|k|, theta)`` to the three filters' values per channel."""
+        assert self.x_shape is not None and self.theta_dim is not None
+        if not self.is_image:
+            raise ValueError(
+                f"decoder='spectral' needs images (H, W) or (C, H, W), got x_shape={self.x_shape}: "
+                "use decoder='mlp' for vectors"
+            )
+        size = math.prod(self.x_shape)
+        if self.latent_dim != size:
+            logger.info(
+                "ConditionalVAE: decoder='spectral' uses a white latent field, latent_dim %d -> %d",
+                self.latent_dim,
+                size,
+            )
+            self.latent_dim = size
+        d, h = self.theta_dim, self.hidden_features
+        channels = 1 if len(self.x_shape) == 2 else self.x_shape[0]
+        features, index = radial_frequencies(self.x_shape[-2], self.x_shape[-1])
+        self.register_buffer("spectral_features", features, persistent=False)
+        self.register_buffer("spectral_index", index, persistent=False)
+        self.decoder = mlp(d + 1, 2 * channels, h, self.num_layers)  # a constant input as well, for d = 0
+        self.spectral_net = mlp(features.shape[1] + d, 3 * channels, h, self.num_layers)
+
+    @property
+    def uses_spectral(self) -> bool:
+        """Whether the decoder is a stationary filter of a white latent field (``decoder="spectral"``)."""
+        return self.decoder_kind == "spectral"
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one latent draw: ``(latent_dim,)``, or the image's shape with ``decoder="spectral"``."""
+        if self.uses_spectral:
+            assert self.x_shape is not None
+            return self.x_shape
+        return (self.latent_dim,)
+
+    def _spectral_parts(self, theta_s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Standardised ``theta`` ``(b, d)`` -> ``(m, log s, log t, g, log v)``, each ``(b, *x_shape)``.
+
+        ``m`` and ``s`` (the mean and the white-noise scale) are constant over each channel's
+        pixels, as a stationary field's are; ``t`` is the decoder's transfer function, ``g`` and
+        ``v`` the encoder's mean filter and variance per Fourier mode, all three even in ``k``
+        (functions of ``|k|``). Log scales are clamped to +-12.
+        """
+        assert self.x_shape is not None
+        b = theta_s.shape[0]
+        h, w = self.x_shape[-2], self.x_shape[-1]
+        ones = torch.ones(b, 1, device=theta_s.device, dtype=theta_s.dtype)
+        level = self.decoder(torch.cat([theta_s, ones], dim=1))  # (b, 2 C)
+        level = level.reshape(b, 2, -1, 1, 1).expand(b, 2, level.shape[1] // 2, h, w).reshape(b, 2, *self.x_shape)
+        feats = self.spectral_features
+        inputs = torch.cat(
+            [feats.expand(b, *feats.shape), theta_s[:, None, :].expand(b, feats.shape[0], theta_s.shape[1])], dim=2
+        )
+        per_k = self.spectral_net(inputs)  # (b, U, 3 C)
+        grid = per_k[:, self.spectral_index]  # (b, H W, 3 C)
+        grid = grid.reshape(b, h, w, 3, -1).permute(3, 0, 4, 1, 2).reshape(3, b, *self.x_shape)
+        return (
+            level[:, 0],
+            level[:, 1].clamp(-_LOG_CLAMP, _LOG_CLAMP),
+            grid[0].clamp(-_LOG_CLAMP, _LOG_CLAMP),
+            grid[1],
+            grid[2].clamp(-_LOG_CLAMP, _LOG_CLAMP),
+        )
+
+    def _spectral_terms(self, theta_s: Tensor, x_s: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """:func:`cvae_terms` for ``decoder="spectral"``; ``eps`` ``(b, *x_shape)``.
+
+        ``z = F^H diag(g) F (x - m) + F^H diag(sqrt v) F eps``; the KL of ``N(mu, C)`` with
+        ``C = F^H diag(v) F`` from ``N(0, I)`` is ``1/2 [sum(v) + |mu|^2 - n - sum(log v)]``
+        over all ``n`` pixels (the orthonormal DFT keeps traces, norms and determinants).
+        """
+        mean, log_s, log_t, g, log_v = self._spectral_parts(theta_s)
+        mu = filter_fields(x_s - mean, g)
+        z = mu + filter_fields(eps, torch.exp(0.5 * log_v))
+        r = (x_s - mean - filter_fields(z, torch.exp(log_t))).flatten(1)
+        log_s = log_s.flatten(1)
+        recon = (0.5 * r**2 * torch.exp(-2 * log_s) + log_s + 0.5 * _LOG_2PI).sum(1)
+        kl = 0.5 * (log_v.exp() + mu**2 - 1.0 - log_v).flatten(1).sum(1)
+        return recon, kl
 
     @property
     def log_noise_scale(self) -> Tensor:
@@ -231,6 +351,9 @@ class ConditionalVAE(Emulator):
     def _decode(self, z: Tensor, theta_s: Tensor) -> Tensor:
         """Latents ``(b, k)`` and standardised ``theta`` ``(b, d)`` -> standardised means ``(b, *x_shape)``."""
         assert self.x_shape is not None
+        if self.uses_spectral:
+            mean, _, log_t, _, _ = self._spectral_parts(theta_s)
+            return mean + filter_fields(z.reshape(mean.shape), torch.exp(log_t))
         out = self.decoder(torch.cat([z, theta_s], dim=1))
         if self.amplitude_head:
             q = (out.shape[1] - 1) // 2
@@ -242,10 +365,12 @@ class ConditionalVAE(Emulator):
     def _draw(self, theta_s: Tensor, gen: torch.Generator) -> Tensor:
         assert self.x_shape is not None
         b = theta_s.shape[0]
-        z = torch.randn(b, self.latent_dim, generator=gen, device=theta_s.device)
-        mean = self._decode(z, theta_s)
+        z = torch.randn(b, *self.latent_shape, generator=gen, device=theta_s.device)
         noise = torch.randn(b, *self.x_shape, generator=gen, device=theta_s.device)
-        return mean + torch.exp(self.log_noise_scale) * noise
+        if self.uses_spectral:
+            mean, log_s, log_t, _, _ = self._spectral_parts(theta_s)
+            return mean + filter_fields(z, torch.exp(log_t)) + torch.exp(log_s) * noise
+        return self._decode(z, theta_s) + torch.exp(self.log_noise_scale) * noise
 
     # -- training -----------------------------------------------------------------------------------
     def fit(
@@ -387,7 +512,7 @@ class ConditionalVAE(Emulator):
         ts = self._theta_for_network(th, len(xt))
         xs = self.standardize_x(xt.to(self.device))
         gen = make_generator(seed, self.device)
-        eps = torch.randn(len(xt), self.latent_dim, generator=gen, device=self.device)
+        eps = torch.randn(len(xt), *self.latent_shape, generator=gen, device=self.device)
         self.eval()
         recon, kl = cvae_terms(self, ts, xs, eps)
         log_jacobian = torch.log(self.x_scale).sum()
