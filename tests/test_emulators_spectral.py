@@ -194,3 +194,20 @@ def test_spectral_cvae_learns_the_power_spectrum_of_a_grf() -> None:
 
     bad = fidelity(emu, Shifted(), check, num_samples=400, seed=0, classifier=LogisticRegression(max_iter=200))
     assert not bad.power_within(0.10, 3.0).all(1).any()
+
+
+@pytest.mark.gpu
+def test_spectral_decoder_on_cuda_matches_its_cpu_copy() -> None:
+    theta, x = torch.rand(64, 2), torch.randn(64, 8, 8)
+    emu = ConditionalVAE(decoder="spectral", hidden_features=16)
+    emu.fit(theta, x, device="cuda", max_epochs=1, progress=False, seed=0)
+    assert emu.device.type == "cuda" and emu.spectral_index.device.type == "cuda"
+    out = emu.simulate(theta[:4].cuda(), seed=0)
+    assert out.device.type == "cuda" and out.shape == (4, 8, 8)
+    # the same weights give the same networks' outputs on the CPU (float32 rounding apart)
+    ts = torch.rand(4, 2)
+    with torch.no_grad():
+        on_gpu = [part.cpu() for part in emu._spectral_parts(ts.cuda())]
+        on_cpu = emu.to_device("cpu")._spectral_parts(ts)
+    for a, b in zip(on_gpu, on_cpu, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
