@@ -157,6 +157,9 @@ def test_spectral_decoder_errors() -> None:
         ConditionalVAE(decoder="spectral", x_shape=(5,), theta_dim=1)
     with pytest.raises(ValueError, match="amplitude_head"):
         ConditionalVAE(decoder="spectral", amplitude_head=True)
+    fitted, _, _ = _tiny_spectral((4, 4))
+    with pytest.raises(RuntimeError, match="function of theta"):
+        _ = fitted.log_noise_scale
     emu = ConditionalVAE(decoder="spectral", hidden_features=8)
     with pytest.raises(ValueError, match="needs images"):
         emu.fit(torch.rand(20, 1), torch.randn(20, 7), max_epochs=1, progress=False)

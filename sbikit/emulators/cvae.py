@@ -8,8 +8,9 @@ noise is exactly of this form).
 
 For random fields (``decoder="spectral"``) the latent variable is a white field of the image's
 size and the decoder a stationary, isotropic linear filter of it whose transfer function is a
-network of ``(|k|, theta)`` (:mod:`sbikit.emulators.spectral`), added to a mean image of
-``theta``: a Gaussian, stationary field with a learned power spectrum ``P(|k|, theta)``.
+network of ``(|k|, theta)`` (:mod:`sbikit.emulators.spectral`), plus a level and white noise
+per channel from ``theta``: a Gaussian, stationary field with a learned power spectrum
+``P(|k|, theta)``.
 """
 
 from __future__ import annotations
@@ -323,7 +324,15 @@ class ConditionalVAE(Emulator):
         It is ``10 * noise_scale_raw`` (the parameter): the factor makes the optimiser move it
         10x faster than the network weights (Adam's steps are about ``learning_rate`` per
         parameter), so that it reaches the noise level in hundreds of steps, not thousands.
+
+        Raises:
+            RuntimeError: with ``decoder="spectral"``, whose noise scale depends on ``theta``.
         """
+        if self.uses_spectral:
+            raise RuntimeError(
+                "decoder='spectral' has no fixed noise scale per element: its white-noise scale is a "
+                "function of theta (the second output of _spectral_parts)"
+            )
         return _NOISE_GAIN * self.noise_scale_raw
 
     # -- networks ---------------------------------------------------------------------------------
