@@ -213,7 +213,7 @@ class ConditionalVAE(Emulator):
     def _build(self) -> None:
         assert self.x_shape is not None and self.theta_dim is not None
         d, k, h = self.theta_dim, self.latent_dim, self.hidden_features
-        if self.decoder_kind == "spectral":
+        if self.uses_spectral:
             self._build_spectral()
         elif self.is_image:
             self.encoder = ConvEncoder(self.x_shape, h, channels=self.channels, pooling="flatten")
