@@ -2,7 +2,7 @@
 
 Training set: 5,000 ``grf`` 32 x 32 fields, parameters from the prior (seed 0) or, with
 ``--edge-fraction f``, from ``edge_weighted_design(prior, 5000, edge_fraction=f, seed=0)``;
-simulated with seed 1; fit seed 0. Checks (``FidelityReport.power_within(0.05, 2)``, 1,000
+simulated with seed 1 (``--data-seed``); fit seed 0. Checks (``FidelityReport.power_within(0.05, 2)``, 1,000
 outputs per parameter, fidelity seed 31): the emulator benchmark's 8 prior draws (seed 2),
 the 4 corners of the box (1% of each range inside) and 40 fresh prior draws (seed 30). Prints
 one JSON line per check set (the per-bin ratios of the first two) and saves the emulator.
@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=200)
     parser.add_argument("--patience", type=int, default=20)
     parser.add_argument("--save", type=Path, default=None, help="write the fitted emulator here")
+    parser.add_argument("--data-seed", type=int, default=1, help="seed of the training simulations")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
@@ -53,7 +54,7 @@ def main() -> None:
         theta = edge_weighted_design(sim.prior, 5000, edge_fraction=args.edge_fraction, seed=0)
     else:
         theta = sim.prior.sample(5000, seed=0)
-    x = sim.simulate(theta.double().numpy(), seed=1)
+    x = sim.simulate(theta.double().numpy(), seed=args.data_seed)
     start = time.process_time()
     emu = ConditionalVAE(decoder="spectral", hidden_features=args.hidden_features, prior=sim.prior)
     emu.fit(

@@ -76,26 +76,32 @@ def test_spectral_elbo_pieces_match_dense_gaussians() -> None:
     eps = torch.randn(5, 4, 4, generator=gen, dtype=torch.float64)
     with torch.no_grad():
         recon, kl = cvae_terms(emu, ts, xs, eps)
-        mean, log_s, log_t, g, log_v = emu._spectral_parts(ts)
-    # level and noise scale are constant over the pixels, the filters even in k
-    assert (mean == mean[:, :1, :1]).all() and (log_s == log_s[:, :1, :1]).all()
+        mean, log_n, log_t, g, log_v = emu._spectral_parts(ts)
+    # the level is constant over the pixels, the filters even in k, the noise share the same at every k
+    assert (mean == mean[:, :1, :1]).all()
     neg = (-torch.arange(4)) % 4
-    torch.testing.assert_close(log_t[:, neg][:, :, neg], log_t, rtol=0, atol=0)
+    for part in (log_t, log_n, g, log_v):
+        torch.testing.assert_close(part[:, neg][:, :, neg], part, rtol=0, atol=0)
+    share = log_n - log_t
+    torch.testing.assert_close(share, share[:, :1, :1].expand_as(share), rtol=0, atol=1e-12)
     with torch.no_grad():
         for i in range(5):
             gm, vh, tm = _dense(g[i]), _dense(torch.exp(0.5 * log_v[i])), _dense(torch.exp(log_t[i]))
+            nm = _dense(torch.exp(log_n[i]))
             mu = gm @ (xs[i] - mean[i]).flatten()
             q = torch.distributions.MultivariateNormal(mu, covariance_matrix=vh @ vh.T)
             p = torch.distributions.MultivariateNormal(torch.zeros(16, dtype=torch.float64), torch.eye(16).double())
             torch.testing.assert_close(kl[i], torch.distributions.kl_divergence(q, p), rtol=1e-8, atol=1e-8)
             z = mu + vh @ eps[i].flatten()
             decoded = mean[i].flatten() + tm @ z
-            ref = -torch.distributions.Normal(decoded, log_s[i].exp().flatten()).log_prob(xs[i].flatten())
-            torch.testing.assert_close(recon[i], ref.sum(), rtol=1e-8, atol=1e-8)
+            ref = -torch.distributions.MultivariateNormal(decoded, covariance_matrix=nm @ nm.T).log_prob(
+                xs[i].flatten()
+            )
+            torch.testing.assert_close(recon[i], ref, rtol=1e-8, atol=1e-8)
 
 
 def test_elbo_with_the_exact_posterior_is_the_likelihood_and_a_wrong_encoder_falls_short() -> None:
-    """With uniform pixel noise s, g = t / (t^2 + s^2) and v = s^2 / (t^2 + s^2) are the exact posterior.
+    """With white noise s (a flat noise filter), g = t / (t^2 + s^2) and v = s^2 / (t^2 + s^2) are the exact posterior.
 
     Then the ELBO averaged over the reparameterisation noise equals log N(x; m, L L^T + s^2 I)
     (tolerance: 5 Monte Carlo standard errors of that average); halving g (a negative control)
@@ -107,7 +113,7 @@ def test_elbo_with_the_exact_posterior_is_the_likelihood_and_a_wrong_encoder_fal
     s = 0.6
     with torch.no_grad():
         mean, _, log_t, _, _ = emu._spectral_parts(ts)
-    log_s = torch.full_like(log_t, math.log(s))
+    log_n = torch.full_like(log_t, math.log(s))
     t = torch.exp(log_t)
     exact_g, exact_v = t / (t**2 + s**2), s**2 / (t**2 + s**2)
     tm = _dense(t[0])
@@ -117,7 +123,7 @@ def test_elbo_with_the_exact_posterior_is_the_likelihood_and_a_wrong_encoder_fal
     eps = torch.randn(n, 4, 4, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 
     def mean_elbo(g: torch.Tensor) -> tuple[float, float]:
-        parts = (mean, log_s, log_t, g, exact_v.log())
+        parts = (mean, log_n, log_t, g, exact_v.log())
         emu._spectral_parts = lambda th: tuple(part.expand(n, 4, 4) for part in parts)
         with torch.no_grad():
             recon, kl = cvae_terms(emu, ts.expand(n, -1), xs.expand(n, 4, 4), eps)
@@ -128,6 +134,40 @@ def test_elbo_with_the_exact_posterior_is_the_likelihood_and_a_wrong_encoder_fal
     assert abs(value - float(log_lik)) < 5 * se + 1e-9
     wrong, wrong_se = mean_elbo(0.5 * exact_g)
     assert float(log_lik) - wrong > 5 * wrong_se
+
+
+def test_spectral_outputs_are_a_power_law_in_k_plus_the_correction_network() -> None:
+    """With the correction network's output layer zeroed, each per-k output is exactly
+    ``intercept(theta) + slope(theta) * standardised log |k|`` (at k = 0 the log-feature is 0),
+    the correction network's own output adds on top, and signal and noise split the power
+    ``a^2 = t^2 + n^2`` in a share that does not depend on k."""
+    emu, theta, _ = _tiny_spectral((2, 8, 6), theta_dim=2)
+    features, index = radial_frequencies(8, 6)
+    with torch.no_grad():
+        theta_s = emu.standardize_theta(theta[:4])
+        _, log_n, log_t, g, log_v = emu._spectral_parts(theta_s)
+        correction = emu.spectral_net(
+            torch.cat([features.expand(4, *features.shape), theta_s[:, None].expand(4, len(features), 2)], dim=2)
+        )  # (4, U, 3 C)
+        emu.spectral_net[-1].weight.zero_()
+        emu.spectral_net[-1].bias.zero_()
+        _, log_n0, log_t0, g0, log_v0 = emu._spectral_parts(theta_s)
+    assert correction.abs().max() > 1e-3  # the correction is not trivially zero, so the difference checks it
+    assert max(float(part.abs().max()) for part in (log_t, log_n, log_v)) < 12  # no clamp active
+    lk = features[index, 0].reshape(8, 6)
+    design = torch.stack([torch.ones(lk.numel()), lk.flatten()], dim=1)
+    for full, base, j in ((log_t, log_t0, 0), (log_n, log_n0, 0), (g, g0, 1), (log_v, log_v0, 2)):
+        per_grid = correction[:, index].reshape(4, 8, 6, 3, 2)[..., j, :].permute(0, 3, 1, 2)  # (4, C, 8, 6)
+        torch.testing.assert_close(full, base + per_grid)
+        for b in range(4):
+            for c in range(2):
+                # a straight line in log |k|: fit intercept and slope by least squares, residual 0
+                coef = torch.linalg.lstsq(design, base[b, c].flatten()[:, None]).solution
+                torch.testing.assert_close(design @ coef, base[b, c].flatten()[:, None], atol=1e-5, rtol=0)
+                assert abs(float(coef[1])) > 1e-4  # a non-zero slope: the power law is wired in
+    # t^2 + n^2 = a^2 with the share n^2 / a^2 the same at every k: log n - log t is constant over the grid
+    share = (log_n - log_t).flatten(2)
+    torch.testing.assert_close(share, share[..., :1].expand_as(share))
 
 
 # -- protocol and errors ------------------------------------------------------------------------------------

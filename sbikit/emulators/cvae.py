@@ -8,8 +8,8 @@ noise is exactly of this form).
 
 For random fields (``decoder="spectral"``) the latent variable is a white field of the image's
 size and the decoder a stationary, isotropic linear filter of it whose transfer function is a
-network of ``(|k|, theta)`` (:mod:`sbikit.emulators.spectral`), plus a level and white noise
-per channel from ``theta``: a Gaussian, stationary field with a learned power spectrum
+network of ``(|k|, theta)`` (:mod:`sbikit.emulators.spectral`), plus a level per channel and a
+stationary noise field: a Gaussian, stationary field with a learned power spectrum
 ``P(|k|, theta)``.
 """
 
@@ -42,6 +42,8 @@ _LOG_2PI = math.log(2 * math.pi)
 DECODERS: tuple[str, ...] = ("conv", "mlp", "pca", "spectral")
 # log transfer functions and log variances of decoder="spectral" are clamped to this range
 _LOG_CLAMP = 12.0
+# the noise share rho of decoder="spectral" lies in (sigmoid(-6), sigmoid(6)) = (0.0025, 0.9975)
+_RHO_LOGIT_BOUND = 6.0
 # log noise scale = _NOISE_GAIN * parameter: a learning rate 10x that of the weights for it.
 _NOISE_GAIN = 10.0
 
@@ -130,17 +132,24 @@ class ConditionalVAE(Emulator):
     the default (not yet through the full benchmark).
 
     ``decoder="spectral"`` (images) is for statistically homogeneous fields (Gaussian random
-    fields, noise maps, textures): ``x = m(theta) + L(theta) z + s(theta) * eps`` with ``z`` a
+    fields, noise maps, textures): ``x = m(theta) + L(theta) z + N(theta) eps`` with ``z`` a
     white field of the image's shape (``latent_dim`` is then set to the number of pixels),
-    ``L(theta) = F^H diag(t(|k|, theta)) F`` a stationary isotropic filter (``F`` the
-    orthonormal 2-d DFT, per channel), and a level ``m`` and white-noise scale ``s`` per
-    channel from an MLP of ``theta`` (constant over the pixels, as a stationary field's mean
-    and variance are). The encoder is the same kind of map, ``q(z | x, theta) =
-    N(F^H diag(g) F (x - m), F^H diag(v) F)``, which contains the exact posterior of this
-    linear-Gaussian model (``g = t / (t^2 + s^2)``, ``v = s^2 / (t^2 + s^2)``), so the ELBO
-    can reach ``log p(x | theta)``. ``t``, ``g`` and ``log v`` come from one MLP of
-    ``(log |k|, theta)`` evaluated at each distinct ``|k|``; the output's power spectrum is
-    ``t^2 + s^2``.
+    ``L = F^H diag(t(|k|, theta)) F`` and ``N = F^H diag(n(|k|, theta)) F`` stationary
+    isotropic filters (``F`` the orthonormal 2-d DFT, per channel) and a level ``m`` per
+    channel (constant over the pixels, as a stationary field's mean is). The output's power
+    spectrum ``a^2 = t^2 + n^2`` is what is modelled: ``log a`` is a power law in ``|k|``
+    whose intercept and slope (in ``log |k|``) come from an MLP of ``theta``, plus a
+    correction from an MLP of ``(log |k|, theta)`` evaluated at each distinct ``|k|``; a share
+    ``rho(theta)`` of it is noise (``t = a sqrt(1 - rho)``, ``n = a sqrt(rho)``), which keeps
+    the encoder's posterior proper without bending the spectrum. The encoder is the same kind
+    of map, ``q(z | x, theta) = N(F^H diag(g) F (x - m), F^H diag(v) F)`` (``g`` and
+    ``log v`` also power laws plus corrections), which contains the exact posterior of this
+    linear-Gaussian model (``g = t / a^2``, ``v = n^2 / a^2``), so the ELBO can reach
+    ``log p(x | theta)``. The power law lets a spectrum whose slope depends on ``theta`` be
+    fitted up to the steep, sparsely sampled lowest wave numbers, which a network of
+    ``(log |k|, theta)`` alone underestimated, and a modelled total (rather than a filter
+    plus white noise) keeps it a power law where the noise would otherwise flatten it
+    (benchmarks/RESULTS.md).
     An emulated field is always Gaussian given ``theta`` (no phase structure, no channel
     correlations), so it suits fields whose information is in the power spectrum; centred
     objects need the other decoders. On ``grf`` it is the decoder of the benchmark
@@ -231,12 +240,13 @@ class ConditionalVAE(Emulator):
             self.encoder = mlp(size + d, 2 * k, h, self.num_layers)
             self.encoder_head = nn.Identity()
             self.decoder = mlp(k + d, self._head_size(size), h, self.num_layers)
-        if not self.uses_spectral:  # decoder="spectral" has a noise scale per channel, from theta
+        if not self.uses_spectral:  # decoder="spectral" has a noise filter, from theta
             self.noise_scale_raw = nn.Parameter(torch.zeros(self.x_shape))
 
     def _build_spectral(self) -> None:
-        """Networks of ``decoder="spectral"``: one MLP of ``theta`` to each channel's mean and log
-        noise scale, one MLP of ``(|k|, theta)`` to the three filters' values per channel."""
+        """Networks of ``decoder="spectral"``: one MLP of ``theta`` to each channel's mean, noise
+        share (a logit) and a power law in ``|k|`` (intercept and slope in ``log |k|``) for each
+        of ``log a``, ``g`` and ``log v``, one MLP of ``(|k|, theta)`` to their corrections."""
         assert self.x_shape is not None and self.theta_dim is not None
         if not self.is_image:
             raise ValueError(
@@ -256,7 +266,9 @@ class ConditionalVAE(Emulator):
         features, index = radial_frequencies(self.x_shape[-2], self.x_shape[-1])
         self.register_buffer("spectral_features", features, persistent=False)
         self.register_buffer("spectral_index", index, persistent=False)
-        self.decoder = mlp(d + 1, 2 * channels, h, self.num_layers)  # a constant input as well, for d = 0
+        # per channel: level, noise-share logit, and an intercept and a slope in log |k| for each of
+        # the three per-k outputs; a constant input as well, for d = 0
+        self.decoder = mlp(d + 1, 8 * channels, h, self.num_layers)
         self.spectral_net = mlp(features.shape[1] + d, 3 * channels, h, self.num_layers)
 
     @property
@@ -273,47 +285,54 @@ class ConditionalVAE(Emulator):
         return (self.latent_dim,)
 
     def _spectral_parts(self, theta_s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Standardised ``theta`` ``(b, d)`` -> ``(m, log s, log t, g, log v)``, each ``(b, *x_shape)``.
+        """Standardised ``theta`` ``(b, d)`` -> ``(m, log n, log t, g, log v)``, each ``(b, *x_shape)``.
 
-        ``m`` and ``s`` (the mean and the white-noise scale) are constant over each channel's
-        pixels, as a stationary field's are; ``t`` is the decoder's transfer function, ``g`` and
-        ``v`` the encoder's mean filter and variance per Fourier mode, all three even in ``k``
-        (functions of ``|k|``). Log scales are clamped to +-12.
+        ``m`` (the mean) is constant over each channel's pixels, as a stationary field's is;
+        ``t`` and ``n`` are the transfer functions of the decoder's signal and noise filters,
+        ``g`` and ``v`` the encoder's mean filter and variance per Fourier mode, all even in ``k``
+        (functions of ``|k|``). The output's power spectrum ``a^2 = t^2 + n^2`` is the modelled
+        quantity: ``log a`` is a power law in ``|k|`` plus a correction, and a share
+        ``rho(theta)`` of it, the same at every ``k``, is noise: ``t = a sqrt(1 - rho)``,
+        ``n = a sqrt(rho)``. Log scales are clamped to +-12.
         """
         assert self.x_shape is not None
         b = theta_s.shape[0]
         h, w = self.x_shape[-2], self.x_shape[-1]
         ones = torch.ones(b, 1, device=theta_s.device, dtype=theta_s.dtype)
-        level = self.decoder(torch.cat([theta_s, ones], dim=1))  # (b, 2 C)
-        level = level.reshape(b, 2, -1, 1, 1).expand(b, 2, level.shape[1] // 2, h, w).reshape(b, 2, *self.x_shape)
+        per_theta = self.decoder(torch.cat([theta_s, ones], dim=1))  # (b, 8 C)
+        c = per_theta.shape[1] // 8
+        mean = per_theta[:, :c].reshape(b, c, 1, 1).expand(b, c, h, w).reshape(b, *self.x_shape)
+        rho_logit = _RHO_LOGIT_BOUND * torch.tanh(per_theta[:, c : 2 * c] / _RHO_LOGIT_BOUND)  # smooth bound
+        rho_logit = rho_logit.reshape(b, c, 1, 1).expand(b, c, h, w).reshape(b, *self.x_shape)
+        intercept, slope = per_theta[:, 2 * c : 5 * c], per_theta[:, 5 * c :]  # (b, 3 C) each
         feats = self.spectral_features
         inputs = torch.cat(
             [feats.expand(b, *feats.shape), theta_s[:, None, :].expand(b, feats.shape[0], theta_s.shape[1])], dim=2
         )
-        per_k = self.spectral_net(inputs)  # (b, U, 3 C)
+        # a power law in |k| per theta (linear in the standardised log |k|), plus a correction: (b, U, 3 C)
+        per_k = intercept[:, None, :] + slope[:, None, :] * feats[None, :, :1] + self.spectral_net(inputs)
         grid = per_k[:, self.spectral_index]  # (b, H W, 3 C)
         grid = grid.reshape(b, h, w, 3, -1).permute(3, 0, 4, 1, 2).reshape(3, b, *self.x_shape)
-        return (
-            level[:, 0],
-            level[:, 1].clamp(-_LOG_CLAMP, _LOG_CLAMP),
-            grid[0].clamp(-_LOG_CLAMP, _LOG_CLAMP),
-            grid[1],
-            grid[2].clamp(-_LOG_CLAMP, _LOG_CLAMP),
-        )
+        log_a = grid[0].clamp(-_LOG_CLAMP, _LOG_CLAMP)
+        log_t = log_a + 0.5 * nn.functional.logsigmoid(-rho_logit)  # log(a sqrt(1 - rho))
+        log_n = log_a + 0.5 * nn.functional.logsigmoid(rho_logit)  # log(a sqrt(rho))
+        return mean, log_n, log_t, grid[1], grid[2].clamp(-_LOG_CLAMP, _LOG_CLAMP)
 
     def _spectral_terms(self, theta_s: Tensor, x_s: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """:func:`cvae_terms` for ``decoder="spectral"``; ``eps`` ``(b, *x_shape)``.
 
         ``z = F^H diag(g) F (x - m) + F^H diag(sqrt v) F eps``; the KL of ``N(mu, C)`` with
         ``C = F^H diag(v) F`` from ``N(0, I)`` is ``1/2 [sum(v) + |mu|^2 - n - sum(log v)]``
-        over all ``n`` pixels (the orthonormal DFT keeps traces, norms and determinants).
+        over all ``n`` pixels (the orthonormal DFT keeps traces, norms and determinants). The
+        noise ``N = F^H diag(n) F`` of the residual ``r = x - m - L z`` gives
+        ``-log N(r; 0, N N^T) = 1/2 |N^-1 r|^2 + sum(log n) + n/2 log(2 pi)``.
         """
-        mean, log_s, log_t, g, log_v = self._spectral_parts(theta_s)
+        mean, log_n, log_t, g, log_v = self._spectral_parts(theta_s)
         mu = filter_fields(x_s - mean, g)
         z = mu + filter_fields(eps, torch.exp(0.5 * log_v))
-        r = (x_s - mean - filter_fields(z, torch.exp(log_t))).flatten(1)
-        log_s = log_s.flatten(1)
-        recon = (0.5 * r**2 * torch.exp(-2 * log_s) + log_s + 0.5 * _LOG_2PI).sum(1)
+        r = x_s - mean - filter_fields(z, torch.exp(log_t))
+        white = filter_fields(r, torch.exp(-log_n)).flatten(1)
+        recon = (0.5 * white**2 + log_n.flatten(1) + 0.5 * _LOG_2PI).sum(1)
         kl = 0.5 * (log_v.exp() + mu**2 - 1.0 - log_v).flatten(1).sum(1)
         return recon, kl
 
@@ -330,7 +349,7 @@ class ConditionalVAE(Emulator):
         """
         if self.uses_spectral:
             raise RuntimeError(
-                "decoder='spectral' has no fixed noise scale per element: its white-noise scale is a "
+                "decoder='spectral' has no fixed noise scale per element: its noise filter is a "
                 "function of theta (the second output of _spectral_parts)"
             )
         return _NOISE_GAIN * self.noise_scale_raw
@@ -377,8 +396,8 @@ class ConditionalVAE(Emulator):
         z = torch.randn(b, *self.latent_shape, generator=gen, device=theta_s.device)
         noise = torch.randn(b, *self.x_shape, generator=gen, device=theta_s.device)
         if self.uses_spectral:
-            mean, log_s, log_t, _, _ = self._spectral_parts(theta_s)
-            return mean + filter_fields(z, torch.exp(log_t)) + torch.exp(log_s) * noise
+            mean, log_n, log_t, _, _ = self._spectral_parts(theta_s)
+            return mean + filter_fields(z, torch.exp(log_t)) + filter_fields(noise, torch.exp(log_n))
         return self._decode(z, theta_s) + torch.exp(self.log_noise_scale) * noise
 
     # -- training -----------------------------------------------------------------------------------
