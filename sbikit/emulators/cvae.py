@@ -142,7 +142,7 @@ class ConditionalVAE(Emulator):
     correction from an MLP of ``(log |k|, theta)`` evaluated at each distinct ``|k|``; a share
     ``rho(theta)`` of it is noise (``t = a sqrt(1 - rho)``, ``n = a sqrt(rho)``), which keeps
     the encoder's posterior proper without bending the spectrum. The encoder is the same kind
-    of map, ``q(z | x, theta) = N(F^H diag(g) F (x - m), F^H diag(v) F)`` (``g`` and
+    of map, ``q(z | x, theta) = N(F^H diag(g) F (x - m), F^H diag(v) F)`` (``log g`` and
     ``log v`` also power laws plus corrections), which contains the exact posterior of this
     linear-Gaussian model (``g = t / a^2``, ``v = n^2 / a^2``), so the ELBO can reach
     ``log p(x | theta)``. The power law lets a spectrum whose slope depends on ``theta`` be
@@ -246,7 +246,7 @@ class ConditionalVAE(Emulator):
     def _build_spectral(self) -> None:
         """Networks of ``decoder="spectral"``: one MLP of ``theta`` to each channel's mean, noise
         share (a logit) and a power law in ``|k|`` (intercept and slope in ``log |k|``) for each
-        of ``log a``, ``g`` and ``log v``, one MLP of ``(|k|, theta)`` to their corrections."""
+        of ``log a``, ``log g`` and ``log v``, one MLP of ``(|k|, theta)`` to their corrections."""
         assert self.x_shape is not None and self.theta_dim is not None
         if not self.is_image:
             raise ValueError(
@@ -289,7 +289,7 @@ class ConditionalVAE(Emulator):
 
         ``m`` (the mean) is constant over each channel's pixels, as a stationary field's is;
         ``t`` and ``n`` are the transfer functions of the decoder's signal and noise filters,
-        ``g`` and ``v`` the encoder's mean filter and variance per Fourier mode, all even in ``k``
+        ``g > 0`` and ``v`` the encoder's mean filter and variance per Fourier mode, all even in ``k``
         (functions of ``|k|``). The output's power spectrum ``a^2 = t^2 + n^2`` is the modelled
         quantity: ``log a`` is a power law in ``|k|`` plus a correction, and a share
         ``rho(theta)`` of it, the same at every ``k``, is noise: ``t = a sqrt(1 - rho)``,
@@ -316,7 +316,9 @@ class ConditionalVAE(Emulator):
         log_a = grid[0].clamp(-_LOG_CLAMP, _LOG_CLAMP)
         log_t = log_a + 0.5 * nn.functional.logsigmoid(-rho_logit)  # log(a sqrt(1 - rho))
         log_n = log_a + 0.5 * nn.functional.logsigmoid(rho_logit)  # log(a sqrt(rho))
-        return mean, log_n, log_t, grid[1], grid[2].clamp(-_LOG_CLAMP, _LOG_CLAMP)
+        # the exact posterior's gain t / a^2 is positive and a power law where a is: modelled as log g
+        g = torch.exp(grid[1].clamp(-_LOG_CLAMP, _LOG_CLAMP))
+        return mean, log_n, log_t, g, grid[2].clamp(-_LOG_CLAMP, _LOG_CLAMP)
 
     def _spectral_terms(self, theta_s: Tensor, x_s: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """:func:`cvae_terms` for ``decoder="spectral"``; ``eps`` ``(b, *x_shape)``.
