@@ -547,3 +547,76 @@ class ConditionalVAE(Emulator):
         recon, kl = cvae_terms(self, ts, xs, eps)
         log_jacobian = torch.log(self.x_scale).sum()
         return (-recon - kl - log_jacobian).cpu()
+
+    def _require_spectral(self, what: str) -> None:
+        if not self.uses_spectral:
+            raise RuntimeError(
+                f"{what} is exact only for decoder='spectral' (a Gaussian field given theta); "
+                f"this emulator has decoder={self.decoder_kind!r}: use elbo(theta, x), a lower bound"
+            )
+
+    @torch.no_grad()
+    def power_spectrum(self, theta: Any = None, n: int | None = None) -> Tensor:
+        """The emulator's exact power per orthonormal Fourier mode (``decoder="spectral"`` only).
+
+        Each output is a stationary Gaussian field whose orthonormal 2-d DFT coefficient at
+        ``k != 0`` has variance ``x_scale^2 (t^2 + n^2)`` (signal and noise filters, data units;
+        ``norm="ortho"``, so a field ``F^H diag(sqrt P) F w`` with white ``w`` has power ``P``).
+        The ``k = 0`` entry is the variance about the level, the level itself is not included.
+
+        Args:
+            theta: ``(n, d)`` (``None`` for an unconditional VAE, with ``n`` rows).
+            n: number of rows when ``theta`` is ``None``.
+
+        Returns:
+            ``(n, *x_shape)`` float32 CPU, in the FFT grid's order (numpy's ``fftfreq`` on each axis).
+
+        Raises:
+            RuntimeError: for any other decoder, or before ``fit``.
+        """
+        self._require_fitted("power_spectrum(theta)")
+        self._require_spectral("power_spectrum(theta)")
+        th = self._check_theta(theta)[0] if self.conditional else None
+        rows = len(th) if th is not None else (1 if n is None else int(n))
+        ts = self._theta_for_network(th, rows)
+        self.eval()
+        _, log_n, log_t, _, _ = self._spectral_parts(ts)
+        power = torch.exp(2 * log_t) + torch.exp(2 * log_n)
+        return (power * self.x_scale**2).cpu()
+
+    @torch.no_grad()
+    def log_likelihood(self, theta: Any, x: Any) -> Tensor:
+        """Exact ``log p(x | theta)`` of the emulator per row (``decoder="spectral"`` only).
+
+        With ``decoder="spectral"`` the output given ``theta`` is ``N(m, F^H diag(a^2) F)``
+        (``a^2 = t^2 + n^2``), so the likelihood is closed-form:
+        ``-1/2 sum |F(x - m)|^2 / a^2 - sum log a - n/2 log(2 pi)``, plus the change of units.
+        :meth:`elbo` is a lower bound on it; the gap measures the encoder.
+
+        Args:
+            theta: ``(n, d)`` (``None`` for an unconditional VAE).
+            x: ``(n, *x_shape)``.
+
+        Returns:
+            ``(n,)`` in nats of ``x`` in data units (comparable with :meth:`elbo`).
+
+        Raises:
+            RuntimeError: for any other decoder, or before ``fit``.
+            ValueError: on a shape mismatch or non-finite values (as :meth:`elbo`).
+        """
+        self._require_fitted("log_likelihood(theta, x)")
+        self._require_spectral("log_likelihood(theta, x)")
+        xt = self._check_x(x)
+        th = None
+        if self.conditional:
+            th, _ = self._check_theta(theta)
+            if len(th) != len(xt):
+                raise ValueError(f"theta and x need the same number of rows, got {len(th)} and {len(xt)}")
+        ts = self._theta_for_network(th, len(xt))
+        xs = self.standardize_x(xt.to(self.device))
+        self.eval()
+        mean, log_n, log_t, _, _ = self._spectral_parts(ts)
+        log_a = 0.5 * torch.logaddexp(2 * log_t, 2 * log_n)
+        white = filter_fields(xs - mean, torch.exp(-log_a)).flatten(1)
+        log_p = -(0.5 * white**2 + log_a.flatten(1) + 0.5 * _LOG_2PI).sum(1)
+        return (log_p - torch.log(self.x_scale).sum()).cpu()
