@@ -9,7 +9,7 @@ Task ``sersic`` (32 x 32 galaxy, 5 parameters; or ``grf``). Steps, all seeded:
    toward the prior's bounds; :mod:`sbikit.emulators.design`), simulated with seed 1. The
    compressor of step 3 is always fitted on the prior-drawn set.
 2. Each emulator (``cvae``: :class:`sbikit.emulators.ConditionalVAE`, ``wgan``:
-   :class:`sbikit.emulators.ConditionalWGAN`) is fitted on it (seed 0). The CVAE has 256
+   :class:`sbikit.emulators.ConditionalWGAN`) is fitted on it (seed 0, ``--fit-seed``). The CVAE has 256
    hidden units (``--hidden-features``), ``latent_dim`` 8 and, by default here, ``decoder="pca"`` with 64 components
    (``--cvae-decoder``, ``--num-components``; chosen by ``benchmarks/screen_emulators.py``);
    the first recorded run (2026-12-01) used ``--cvae-decoder mlp``, the library default.
@@ -109,7 +109,7 @@ def build_emulator(name: str, prior: Any, args: argparse.Namespace) -> Any:
 
 def fit_emulator(emu: Any, name: str, theta: torch.Tensor, x: np.ndarray, args: argparse.Namespace) -> float:
     t0 = time.perf_counter()
-    kw = {"seed": 0, "device": args.device, "progress": args.progress, "max_epochs": args.max_epochs}
+    kw = {"seed": args.fit_seed, "device": args.device, "progress": args.progress, "max_epochs": args.max_epochs}
     if name == "cvae":
         emu.fit(theta, x, patience=args.patience, schedule=args.cvae_schedule, **kw)
     else:
@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         "num_train": args.num_train,
         "edge_fraction": args.edge_fraction,
         "edge_concentration": args.edge_concentration,
+        "fit_seed": args.fit_seed,
         "quick": args.quick,
         **machine(),
     }
@@ -239,29 +240,36 @@ def load_records(paths: list[str]) -> list[dict[str, Any]]:
 
 
 def report(recs: list[dict[str, Any]]) -> str:
-    """Markdown table of the records (the last NPE record of an emulator goes with its fidelity row)."""
+    """Markdown table of the records: each fidelity row with the NPE record of the same emulator
+    that follows it (the same run), and the last floor of each task."""
     lines = [
-        "| task | emulator | train sims | epochs | fit (s) | P(k) bins within 5% | max abs(ratio - 1) "
+        "| task | emulator | fit seed | train sims | epochs | fit (s) | P(k) bins within 5% | max abs(ratio - 1) "
         "| C2ST fidelity (mean) | speed-up | NPE C2ST mean / max |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    npe = {(r["task"], r["emulator"], r["num_train"]): r for r in recs if r["stage"] == "npe"}
-    for r in recs:
-        if r["stage"] == "fidelity":
-            n = npe.get((r["task"], r["emulator"], r["num_train"]))
-            npe_txt = f"{np.mean(n['c2st']):.3f} / {np.max(n['c2st']):.3f}" if n else "-"
-            speed = n["speedup_npe_set"] if n else r["speedup_batch"]
-            lines.append(
-                f"| {r['task']} {r['size']}x{r['size']} | {r['emulator']} | {r['num_train']} | {r['epochs']} "
-                f"| {r['fit_seconds']:.0f} | {r['bins_within']}/{r['bins_total']} | {r['max_abs_deviation']:.3f} "
-                f"| {np.mean(r['c2st']):.3f} | {speed:.0f}x | {npe_txt} |"
-            )
-    for key, n in npe.items():
-        if key[1] == "simulator (fresh noise)":
-            lines.append(
-                f"| {key[0]} | NPE floor: fresh real simulations | - | - | - | - | - | - | - "
-                f"| {np.mean(n['c2st']):.3f} / {np.max(n['c2st']):.3f} |"
-            )
+    floors: dict[str, dict[str, Any]] = {}
+    for i, r in enumerate(recs):
+        if r["stage"] == "npe" and r["emulator"] == "simulator (fresh noise)":
+            floors[r["task"]] = r
+        if r["stage"] != "fidelity":
+            continue
+        n = None  # the first NPE record of this emulator before its next fidelity row
+        for q in recs[i + 1 :]:
+            if q["task"] == r["task"] and q["emulator"] == r["emulator"]:
+                n = q if q["stage"] == "npe" else None
+                break
+        npe_txt = f"{np.mean(n['c2st']):.3f} / {np.max(n['c2st']):.3f}" if n else "-"
+        speed = n["speedup_npe_set"] if n else r["speedup_batch"]
+        lines.append(
+            f"| {r['task']} {r['size']}x{r['size']} | {r['emulator']} | {r.get('fit_seed', 0)} | {r['num_train']} "
+            f"| {r['epochs']} | {r['fit_seconds']:.0f} | {r['bins_within']}/{r['bins_total']} "
+            f"| {r['max_abs_deviation']:.3f} | {np.mean(r['c2st']):.3f} | {speed:.2g}x | {npe_txt} |"
+        )
+    for task, n in floors.items():
+        lines.append(
+            f"| {task} | NPE floor: fresh real simulations | - | - | - | - | - | - | - | - "
+            f"| {np.mean(n['c2st']):.3f} / {np.max(n['c2st']):.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -291,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--edge-concentration", type=float, default=0.5, help="Beta(c, c) shape of the design's edge rows"
     )
+    parser.add_argument("--fit-seed", type=int, default=0, help="seed of the emulators' weights and batches")
     parser.add_argument("--npe-max-epochs", type=int, default=None)
     parser.add_argument("--npe-floor", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--device", default="cpu")
