@@ -111,7 +111,9 @@ def fit_emulator(emu: Any, name: str, theta: torch.Tensor, x: np.ndarray, args: 
     t0 = time.perf_counter()
     kw = {"seed": args.fit_seed, "device": args.device, "progress": args.progress, "max_epochs": args.max_epochs}
     if name == "cvae":
-        emu.fit(theta, x, patience=args.patience, schedule=args.cvae_schedule, **kw)
+        emu.fit(
+            theta, x, patience=args.patience, schedule=args.cvae_schedule, learning_rate=args.cvae_learning_rate, **kw
+        )
     else:
         emu.fit(theta, x, learning_rate=args.wgan_learning_rate, **kw)
     return time.perf_counter() - t0
@@ -138,6 +140,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         "edge_fraction": args.edge_fraction,
         "edge_concentration": args.edge_concentration,
         "fit_seed": args.fit_seed,
+        "cvae_learning_rate": args.cvae_learning_rate,
         "quick": args.quick,
         **machine(),
     }
@@ -293,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-components", type=int, default=64, help="basis size (CVAE decoder / WGAN generator pca)")
     parser.add_argument("--wgan-generator", choices=("mlp", "pca", "conv"), default="mlp")
     parser.add_argument("--cvae-schedule", choices=("plateau", "cosine"), default="plateau")
+    parser.add_argument("--cvae-learning-rate", type=float, default=1e-3, help="the CVAE's (peak) learning rate")
     parser.add_argument("--cvae-amplitude-head", action="store_true", help="ConditionalVAE(amplitude_head=True)")
     parser.add_argument("--wgan-learning-rate", type=float, default=1e-3)
     parser.add_argument("--edge-fraction", type=float, default=0.0, help="emulators' training design (0: prior draws)")
