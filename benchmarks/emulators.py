@@ -296,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-components", type=int, default=64, help="basis size (CVAE decoder / WGAN generator pca)")
     parser.add_argument("--wgan-generator", choices=("mlp", "pca", "conv"), default="mlp")
     parser.add_argument("--cvae-schedule", choices=("plateau", "cosine"), default="plateau")
-    parser.add_argument("--cvae-learning-rate", type=float, default=1e-3, help="the CVAE's (peak) learning rate")
+    parser.add_argument(
+        "--cvae-learning-rate", type=float, default=None, help="the CVAE's peak learning rate (default: the library's)"
+    )
     parser.add_argument("--cvae-amplitude-head", action="store_true", help="ConditionalVAE(amplitude_head=True)")
     parser.add_argument("--wgan-learning-rate", type=float, default=1e-3)
     parser.add_argument("--edge-fraction", type=float, default=0.0, help="emulators' training design (0: prior draws)")

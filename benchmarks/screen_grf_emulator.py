@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--data-seed", type=int, default=1, help="seed of the training simulations")
     parser.add_argument("--fit-seed", type=int, default=0, help="seed of the weights and batches")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay of the fit")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate of the fit")
+    parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the library's)")
     parser.add_argument("--load", type=Path, default=None, help="evaluate this saved emulator instead of fitting one")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

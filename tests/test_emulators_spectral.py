@@ -312,3 +312,28 @@ def test_spectral_decoder_on_cuda_matches_its_cpu_copy() -> None:
         on_cpu = emu.to_device("cpu")._spectral_parts(ts)
     for a, b in zip(on_gpu, on_cpu, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("decoder", "expected"), [("spectral", 3e-3), ("mlp", 1e-3)])
+def test_fit_default_learning_rate_depends_on_the_decoder(monkeypatch, decoder: str, expected: float) -> None:
+    """``learning_rate=None`` gives 3e-3 to the trainer for ``decoder="spectral"``, 1e-3 for the others;
+    an explicit value is passed through."""
+    import sbikit.emulators.cvae as cvae_module
+
+    seen: list[float] = []
+
+    class _Stop(Exception):
+        pass
+
+    def capture(*args, **kwargs):
+        seen.append(kwargs["learning_rate"])
+        raise _Stop
+
+    monkeypatch.setattr(cvae_module, "fit", capture)
+    theta = torch.rand(40, 2)
+    x = torch.randn(40, 8, 8)
+    for lr in (None, 5e-4):
+        emu = ConditionalVAE(decoder=decoder, hidden_features=8)
+        with pytest.raises(_Stop):
+            emu.fit(theta, x, seed=0, max_epochs=1, progress=False, device="cpu", learning_rate=lr)
+    assert seen == [expected, 5e-4]
