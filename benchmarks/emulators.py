@@ -17,7 +17,9 @@ Task ``sersic`` (32 x 32 galaxy, 5 parameters; or ``grf``). Steps, all seeded:
    ``--cvae-decoder spectral`` (a stationary filter of a white latent field, whose size then
    replaces ``latent_dim``);
    ``--cvae-schedule cosine`` switches its learning-rate schedule (then pass a large
-   ``--patience`` to use the whole ``--max-epochs`` budget).
+   ``--patience`` to use the whole ``--max-epochs`` budget) and ``--cvae-learning-rate`` its peak
+   learning rate (default: the library's, 3e-3 for ``decoder="spectral"`` since 2026-12-06, 1e-3
+   for the others; the ``grf`` runs before that used 1e-3).
 3. A :class:`sbikit.compressors.Regression` CNN is fitted on the REAL training set (seed 0);
    its frozen summaries serve every comparison below.
 4. Fidelity (:func:`sbikit.emulators.fidelity`) at ``--num-theta-test`` parameters drawn
