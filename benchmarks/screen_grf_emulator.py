@@ -59,15 +59,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(1)
     sim = simulators.get("grf", size=32)
-    if args.edge_fraction > 0:
-        theta = edge_weighted_design(sim.prior, 5000, edge_fraction=args.edge_fraction, seed=0)
-    else:
-        theta = sim.prior.sample(5000, seed=0)
-    x = sim.simulate(theta.double().numpy(), seed=args.data_seed)
-    start = time.process_time()
+    fit_cpu = 0.0
     if args.load is not None:  # evaluate a saved emulator (the fit arguments then only label the lines)
         emu = ConditionalVAE.load(args.load)
     else:
+        if args.edge_fraction > 0:
+            theta = edge_weighted_design(sim.prior, 5000, edge_fraction=args.edge_fraction, seed=0)
+        else:
+            theta = sim.prior.sample(5000, seed=0)
+        x = sim.simulate(theta.double().numpy(), seed=args.data_seed)
+        start = time.process_time()
         emu = ConditionalVAE(decoder="spectral", hidden_features=args.hidden_features, prior=sim.prior)
         emu.fit(
             theta,
@@ -81,9 +82,9 @@ def main() -> None:
             weight_decay=args.weight_decay,
             learning_rate=args.learning_rate,
         )
-    fit_cpu = time.process_time() - start
-    if args.save is not None and args.load is None:
-        emu.save(args.save)
+        fit_cpu = time.process_time() - start
+        if args.save is not None:
+            emu.save(args.save)
     lo, hi = sim.prior.low, sim.prior.high
     unit = torch.tensor([[a, b] for a in (0, 1) for b in (0, 1)], dtype=torch.float32)
     corners = lo + (hi - lo) * (0.01 + 0.98 * unit)
